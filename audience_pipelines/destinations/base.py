@@ -1,0 +1,89 @@
+"""The one small interface every destination implements.
+
+The engine owns batching, diffing, retries of rejected rows and commits; a
+destination only turns a batch of rows into calls and says which rows it
+rejected. Shared HTTP policy lives in `destinations.http`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    identifier_kinds: frozenset[str]
+    max_batch_rows: int
+    accepts_fields: bool = True
+    can_list_audiences: bool = False
+    can_create_audiences: bool = True
+    needs_profile: bool = False
+    hashes_identifiers: bool = False
+    # Ad platforms match on identifiers only, so a row with none is unsendable.
+    requires_identifier: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which destination audience a sync writes to: an existing id or a name to find or create."""
+
+    id: str | None = None
+    name: str | None = None
+
+    def describe(self) -> str:
+        return f"id {self.id}" if self.id else f"name '{self.name}'"
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    sync: str
+    run_id: str
+    operation: str  # add | remove | update
+    seq: int  # 1-based across the whole run, for idempotency keys and sessions
+    last: bool
+
+
+@dataclass
+class BatchResult:
+    """Row positions (within the batch) the destination rejected, with reasons."""
+
+    rejected: dict[int, str] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+class Destination(ABC):
+    type_name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    def identifier_column(self, kind: str) -> str:
+        """Name of the sent column for an identifier kind."""
+        return kind
+
+    def transform_identifier(self, kind: str, canonical: pa.Array) -> pa.Array:
+        """Platform form of a canonical identifier (hashing happens here)."""
+        return canonical
+
+    @abstractmethod
+    def resolve_target(self, target: Target) -> str:
+        """Find or create the destination audience; return its id."""
+
+    @abstractmethod
+    def add(self, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult: ...
+
+    @abstractmethod
+    def remove(self, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult: ...
+
+    def update(self, audience_id: str, rows: pa.Table, previous: pa.Table, ctx: BatchContext) -> BatchResult:
+        """Rows whose sent values changed; `previous` holds what was sent before, row for row."""
+        return self.add(audience_id, rows, ctx)
+
+    def audience_size(self, audience_id: str) -> int | None:
+        """Member count as the platform reports it, where it does."""
+        return None
+
+    def close(self) -> None:
+        """Release connections."""

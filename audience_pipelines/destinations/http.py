@@ -1,0 +1,98 @@
+"""Shared HTTP transport policy: timeouts, retries with backoff and jitter, throttles.
+
+Destinations say how their platform signals a throttle (`throttle_delay`);
+this module decides when and how long to wait. Secrets travel in headers,
+never in URLs, so nothing here can leak them into an error message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from audience_pipelines.engine.errors import DestinationError
+
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    base_delay_s: float = 0.5
+    max_delay_s: float = 60.0
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, base * 2^attempt)]."""
+        return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** attempt))
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+class HttpClient:
+    """An httpx client plus the retry policy; one per destination instance."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 30.0,
+        headers: dict[str, str] | None = None,
+        policy: RetryPolicy | None = None,
+        throttle_delay: Callable[[httpx.Response], float | None] | None = None,
+        name: str = "destination",
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.name = name
+        self.policy = policy or RetryPolicy()
+        self._throttle_delay = throttle_delay
+        self._sleep = sleep
+        self._client = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers or {})
+
+    def request(self, method: str, url: str, **kwargs) -> httpx.Response:
+        """Send with retries; returns the final response (2xx or a permanent 4xx).
+
+        Raises DestinationError when retries run out on throttles, 5xx or timeouts.
+        """
+        last = ""
+        for attempt in range(self.policy.max_attempts):
+            delay = None
+            try:
+                response = self._client.request(method, url, **kwargs)
+            except httpx.TransportError as exc:  # timeouts, refused and reset connections
+                last = f"{type(exc).__name__} calling {method} {_path(url)}"
+            else:
+                delay = self._throttle_delay(response) if self._throttle_delay else None
+                if delay is None and response.status_code in RETRY_STATUSES:
+                    delay = retry_after_seconds(response)
+                    if delay is None:
+                        delay = -1.0
+                if delay is None:
+                    return response
+                last = f"HTTP {response.status_code} from {method} {_path(url)}"
+            if attempt + 1 < self.policy.max_attempts:
+                wait = delay if delay is not None and delay >= 0 else self.policy.backoff(attempt)
+                self._sleep(min(wait, self.policy.max_delay_s))
+        # Retries ran out: the platform is down or throttling hard, so later batches would fare no better.
+        raise DestinationError(f"{self.name}: gave up after {self.policy.max_attempts} attempts; last: {last}",
+                               fatal=True)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _path(url: str) -> str:
+    return url.split("?", 1)[0]

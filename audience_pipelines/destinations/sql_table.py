@@ -1,0 +1,135 @@
+"""`sql_table`: an audience's members and mapped fields in a table of any SQLAlchemy database.
+
+One table can hold many audiences: rows are keyed by (audience, key). Adds and
+updates are upserts (delete + insert in one transaction, portable across
+dialects), so resending is harmless.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import ClassVar
+
+import pyarrow as pa
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+
+from audience_pipelines.destinations.base import BatchContext, BatchResult, Capabilities, Destination, Target
+from audience_pipelines.engine.diff import KEY, KEY_HASH, ROW_HASH
+from audience_pipelines.identifiers import KINDS
+
+AUDIENCE_COL = "audience"
+SYNCED_AT_COL = "synced_at"
+
+
+class SqlTableSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str
+    table: str
+    db_schema: str | None = None
+
+
+def _sql_type(t: pa.DataType) -> sa.types.TypeEngine:
+    if pa.types.is_boolean(t):
+        return sa.Boolean()
+    if pa.types.is_integer(t):
+        return sa.BigInteger()
+    if pa.types.is_floating(t):
+        return sa.Float()
+    if pa.types.is_decimal(t):
+        return sa.Numeric(t.precision, t.scale)
+    if pa.types.is_date(t):
+        return sa.Date()
+    if pa.types.is_timestamp(t):
+        return sa.DateTime(timezone=t.tz is not None)
+    return sa.Text()
+
+
+class SqlTableDestination(Destination):
+    type_name = "sql_table"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        identifier_kinds=frozenset(KINDS), max_batch_rows=10_000, can_list_audiences=True,
+    )
+    settings_model = SqlTableSettings
+    secret_settings: ClassVar[tuple[str, ...]] = ("url",)
+
+    def __init__(self, settings: SqlTableSettings):
+        self.settings = settings
+        self.engine = sa.create_engine(settings.url)
+        self._known: set[str] | None = None  # columns the table is known to have
+
+    def _columns_for(self, rows: pa.Table) -> list[str]:
+        return [c for c in rows.column_names if c not in (KEY_HASH, ROW_HASH)]
+
+    def _clause(self, columns: list[str]) -> sa.TableClause:
+        # A lightweight table clause: no reflection, which some dialects do poorly.
+        return sa.table(self.settings.table, *(sa.column(c) for c in columns), schema=self.settings.db_schema)
+
+    def _existing_columns(self) -> list[str] | None:
+        if not sa.inspect(self.engine).has_table(self.settings.table, schema=self.settings.db_schema):
+            return None
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(sa.text("*")).select_from(self._clause([])).limit(0)).keys())
+
+    def _ensure_columns(self, rows: pa.Table) -> None:
+        """Create the table, or add the columns a changed mapping needs, from the rows' schema."""
+        wanted = self._columns_for(rows)
+        if self._known is not None and set(wanted) <= self._known:
+            return
+        existing = self._existing_columns()
+        if existing is None:
+            cols = [sa.Column(AUDIENCE_COL, sa.Text(), primary_key=True),
+                    sa.Column(KEY, sa.Text(), primary_key=True)]
+            cols += [sa.Column(c, _sql_type(rows.schema.field(c).type)) for c in wanted if c != KEY]
+            cols.append(sa.Column(SYNCED_AT_COL, sa.DateTime(timezone=True)))
+            md = sa.MetaData(schema=self.settings.db_schema)
+            md.create_all(self.engine, tables=[sa.Table(self.settings.table, md, *cols)], checkfirst=True)
+            existing = [AUDIENCE_COL, KEY, *wanted, SYNCED_AT_COL]
+        missing = [c for c in wanted if c not in existing]
+        if missing:
+            prep = self.engine.dialect.identifier_preparer
+            qual = prep.quote(self.settings.table) if not self.settings.db_schema else \
+                f"{prep.quote_schema(self.settings.db_schema)}.{prep.quote(self.settings.table)}"
+            with self.engine.begin() as conn:
+                for c in missing:
+                    typ = _sql_type(rows.schema.field(c).type).compile(dialect=self.engine.dialect)
+                    conn.execute(sa.text(f"ALTER TABLE {qual} ADD COLUMN {prep.quote(c)} {typ}"))
+        self._known = set(existing) | set(missing)
+
+    def resolve_target(self, target: Target) -> str:
+        # The table is created with the first batch, when the row schema is known.
+        return target.id or target.name
+
+    def _delete(self, conn, audience_id: str, keys: list[str]) -> None:
+        t = self._clause([AUDIENCE_COL, KEY])
+        conn.execute(sa.delete(t).where(t.c[AUDIENCE_COL] == audience_id, t.c[KEY].in_(keys)))
+
+    def add(self, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        self._ensure_columns(rows)
+        cols = self._columns_for(rows)
+        now = dt.datetime.now(dt.timezone.utc)
+        records = rows.select(cols).to_pylist()
+        for r in records:
+            r[AUDIENCE_COL] = audience_id
+            r[SYNCED_AT_COL] = now
+        with self.engine.begin() as conn:
+            self._delete(conn, audience_id, rows[KEY].to_pylist())
+            conn.execute(sa.insert(self._clause([AUDIENCE_COL, *cols, SYNCED_AT_COL])), records)
+        return BatchResult()
+
+    def remove(self, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        if self._existing_columns() is None:
+            return BatchResult()
+        with self.engine.begin() as conn:
+            self._delete(conn, audience_id, rows[KEY].to_pylist())
+        return BatchResult()
+
+    def audience_size(self, audience_id: str) -> int | None:
+        if self._existing_columns() is None:
+            return 0
+        t = self._clause([AUDIENCE_COL])
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c[AUDIENCE_COL] == audience_id)).scalar_one()
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,42 @@
+"""Errors the engine raises; each message names the sync and what to do."""
+
+
+class AudiencePipelinesError(Exception):
+    """Base class for errors a user can act on."""
+
+
+class ConfigError(AudiencePipelinesError):
+    pass
+
+
+class AudienceError(AudiencePipelinesError):
+    """The audience query failed or returned something unusable."""
+
+
+class SyncInputError(AudiencePipelinesError):
+    """The membership lacks a column the sync maps, or has unusable values."""
+
+
+class SyncAlreadyRunning(AudiencePipelinesError):
+    pass
+
+
+class MassRemovalBlocked(AudiencePipelinesError):
+    pass
+
+
+class DestinationError(AudiencePipelinesError):
+    """A destination call failed after retries.
+
+    `fatal` errors (bad credentials, missing audience) stop the run: every
+    later batch would fail the same way. Others reject only their batch.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, fatal: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.fatal = fatal
+
+
+class SyncAborted(AudiencePipelinesError):
+    """A run stopped part-way; what the destination accepted before was committed."""

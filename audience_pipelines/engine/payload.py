@@ -1,0 +1,98 @@
+"""Membership rows -> the rows a destination receives, as it will receive them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from audience_pipelines.destinations.base import Destination
+from audience_pipelines.engine.diff import KEY, KEY_HASH, ROW_HASH
+from audience_pipelines.engine.errors import SyncInputError
+from audience_pipelines.engine.hashing import key_hash, row_hash
+from audience_pipelines.identifiers import normalize
+
+SAMPLE = 10
+
+
+@dataclass
+class Payload:
+    table: pa.Table  # key, key_hash, row_hash, sent identifier and field columns
+    identifier_columns: list[str]
+    field_columns: list[str]
+    set_aside: int = 0
+    set_aside_samples: list[dict] = field(default_factory=list)
+    invalid_identifiers: dict[str, int] = field(default_factory=dict)
+
+
+def _string(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_string(values.type):
+        return values
+    if pa.types.is_dictionary(values.type) or pa.types.is_large_string(values.type):
+        return values.cast(pa.string())
+    return values
+
+
+def build_payload(
+    sync: str,
+    members: pa.Table,
+    destination: Destination,
+    identifiers: dict[str, str],
+    fields: dict[str, str],
+    default_region: str | None = None,
+) -> Payload:
+    """Normalise identifiers, apply the platform's form and hashes, hash rows.
+
+    Rows the destination cannot use (no usable identifier where one is needed)
+    are set aside and counted, never dropped silently.
+    """
+    n = members.num_rows
+    wanted = {KEY: "key", **{c: f"identifier '{k}'" for k, c in identifiers.items()},
+              **{c: f"field '{f}'" for f, c in fields.items()}}
+    missing = [c for c in wanted if c not in members.column_names]
+    if missing:
+        raise SyncInputError(
+            f"sync '{sync}': the audience has no column "
+            + ", ".join(f"'{c}' (mapped as {wanted[c]})" for c in missing)
+            + f"; it has {n} rows with columns {members.column_names}"
+        )
+    unsupported = sorted(set(identifiers) - destination.capabilities.identifier_kinds)
+    if unsupported:
+        raise SyncInputError(
+            f"sync '{sync}': destination type '{destination.type_name}' does not take identifier(s) "
+            f"{unsupported}; it takes {sorted(destination.capabilities.identifier_kinds)}"
+        )
+    keys = _string(members[KEY]).cast(pa.string())
+    cols: dict[str, pa.ChunkedArray | pa.Array] = {KEY: keys}
+    id_cols: list[str] = []
+    invalid: dict[str, int] = {}
+    usable = np.zeros(n, dtype=bool)
+    for kind, col in identifiers.items():
+        norm = normalize(kind, members[col], default_region=default_region)
+        bad = int(pc.sum(norm.invalid).as_py() or 0)
+        if bad:
+            invalid[kind] = bad
+        sent = destination.transform_identifier(kind, norm.values)
+        name = destination.identifier_column(kind)
+        cols[name] = sent
+        id_cols.append(name)
+        usable |= np.asarray(sent.is_valid(), dtype=bool)
+    field_cols = []
+    for name, col in fields.items():
+        values = members[col]
+        cols[name] = values.cast(pa.string()) if pa.types.is_dictionary(values.type) else values
+        field_cols.append(name)
+    table = pa.table(cols)
+    set_aside, samples = 0, []
+    if destination.capabilities.requires_identifier and not usable.all():
+        drop = ~usable
+        set_aside = int(drop.sum())
+        sample_keys = keys.filter(pa.array(drop)).slice(0, SAMPLE).to_pylist()
+        samples = [{"key": k, "reason": f"no usable identifier among {sorted(identifiers)}"} for k in sample_keys]
+        table = table.filter(pa.array(usable))
+    kh = key_hash(table[KEY])
+    rh = row_hash([table[c] for c in id_cols + field_cols], kh)
+    table = table.append_column(KEY_HASH, pa.array(kh, pa.uint64())).append_column(ROW_HASH, pa.array(rh, pa.uint64()))
+    return Payload(table, id_cols, field_cols, set_aside, samples, invalid)

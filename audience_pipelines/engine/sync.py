@@ -1,0 +1,259 @@
+"""One sync run: payload -> diff vs snapshot -> dispatch -> commit what was accepted."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from audience_pipelines.destinations.base import Destination, Target
+from audience_pipelines.engine.diff import DiffPlan, plan_diff
+from audience_pipelines.engine.dispatch import Dispatcher, Operation
+from audience_pipelines.engine.errors import ConfigError, MassRemovalBlocked, SyncAborted
+from audience_pipelines.engine.payload import SAMPLE, Payload, build_payload
+from audience_pipelines.engine.snapshot import Manifest, SnapshotStore
+
+MODES = ("mirror", "additive", "subtractive")
+REMOVALS = ("remove", "do_nothing")
+
+
+@dataclass(frozen=True)
+class SyncSpec:
+    name: str
+    audience: str
+    destination: str
+    target: Target
+    identifiers: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
+    mode: str = "mirror"
+    removal: str = "remove"
+    max_removal_share: float = 0.5
+    batch_size: int | None = None
+    default_region: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"sync '{self.name}': mode '{self.mode}' is not one of {MODES}")
+        if self.removal not in REMOVALS:
+            raise ConfigError(f"sync '{self.name}': removal '{self.removal}' is not one of {REMOVALS}")
+        if not 0 <= self.max_removal_share <= 1:
+            raise ConfigError(f"sync '{self.name}': max_removal_share must be between 0 and 1")
+
+    @property
+    def sends_adds(self) -> bool:
+        return self.mode != "subtractive"
+
+    @property
+    def sends_removes(self) -> bool:
+        return self.mode != "additive" and self.removal == "remove"
+
+    def fingerprint(self) -> str:
+        raw = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+@dataclass
+class RunOptions:
+    run_id: str
+    full_resync: bool = False
+    allow_mass_removal: bool = False
+    progress: Callable[[str], None] | None = None
+    progress_interval_s: float = 5.0
+
+
+@dataclass
+class SyncResult:
+    sync: str
+    run_id: str
+    mode: str  # diff | full
+    sync_mode: str  # mirror | additive | subtractive
+    destination_audience_id: str
+    added: int = 0
+    removed: int = 0
+    updated: int = 0
+    resent: int = 0
+    failed: int = 0
+    set_aside: int = 0
+    skipped: int = 0
+    unchanged: int = 0
+    membership_rows: int = 0
+    snapshot_rows: int = 0
+    invalid_identifiers: dict[str, int] = field(default_factory=dict)
+    destination_stats: dict[str, int] = field(default_factory=dict)
+    errors_sample: list[dict] = field(default_factory=list)
+    set_aside_sample: list[dict] = field(default_factory=list)
+    rejected_path: str | None = None
+    audience_size: int | None = None
+    duration_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def attempted(self) -> int:
+        return self.added + self.removed + self.updated + self.resent + self.failed
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failed / self.attempted if self.attempted else 0.0
+
+    @property
+    def status(self) -> str:
+        return "partial_failure" if self.failed else "success"
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Old snapshot rows in the current payload's schema (mappings may have changed)."""
+    cols = []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table[f.name]
+            if col.type != f.type:
+                try:
+                    col = col.cast(f.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    col = pa.nulls(len(table), f.type)  # row hash still differs, so it is resent
+            cols.append(col)
+        else:
+            cols.append(pa.nulls(len(table), f.type))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def run_sync(
+    spec: SyncSpec,
+    members: pa.Table,
+    destination: Destination,
+    store: SnapshotStore,
+    options: RunOptions,
+) -> SyncResult:
+    """Run one sync. Raises MassRemovalBlocked before sending, SyncAborted after a partial commit."""
+    started = time.monotonic()
+    with store.lock(options.run_id):
+        payload = build_payload(spec.name, members, destination, spec.identifiers, spec.fields,
+                                spec.default_region)
+        audience_id = destination.resolve_target(spec.target)
+        manifest = store.manifest()
+        notes: list[str] = []
+        old = None
+        if manifest and manifest.snapshot_file:
+            if manifest.destination_audience_id != audience_id:
+                notes.append(
+                    f"destination audience changed from {manifest.destination_audience_id} to {audience_id}; "
+                    "the new audience gets the full membership and the old one is left as it is"
+                )
+            else:
+                old = store.read()
+            if manifest.config_fingerprint != spec.fingerprint():
+                notes.append("sync configuration changed since the last run")
+        first_run = old is None
+        old = _conform(old, payload.table.schema) if old is not None else payload.table.schema.empty_table()
+        plan = plan_diff(payload.table, old)
+        result = SyncResult(
+            sync=spec.name, run_id=options.run_id,
+            mode="full" if (options.full_resync or first_run) else "diff",
+            sync_mode=spec.mode, destination_audience_id=audience_id,
+            membership_rows=members.num_rows, set_aside=payload.set_aside,
+            set_aside_sample=payload.set_aside_samples, invalid_identifiers=payload.invalid_identifiers,
+            notes=notes,
+        )
+        _guard_mass_removal(spec, plan, old.num_rows, options)
+        ops = _operations(spec, plan, payload, old, options, result)
+        dispatcher = Dispatcher(destination, audience_id, spec.name, options, spec.batch_size)
+        outcome = dispatcher.run(ops)
+        result.destination_stats = outcome.stats
+        accepted = outcome.accepted
+        for op in ops:
+            n_ok = int(accepted[op.name].sum())
+            setattr(result, op.counter, getattr(result, op.counter) + n_ok)
+            result.failed += len(op.positions) - n_ok
+        result.errors_sample = outcome.rejections[:SAMPLE]
+        if outcome.rejections:
+            keys = [r["key"] for r in outcome.rejections]
+            result.rejected_path = str(store.write_rejections(options.run_id, pa.table({
+                "key": pa.array(keys, pa.string()),
+                "operation": [r["operation"] for r in outcome.rejections],
+                "reason": [r["reason"] for r in outcome.rejections],
+            })))
+        snapshot = _next_snapshot(plan, payload.table, old, ops, accepted, first_run)
+        changed = first_run or any(int(a.sum()) for name, a in accepted.items() if name != "resend")
+        store.commit(snapshot if changed else None, Manifest(
+            sync=spec.name, snapshot_file=None, run_id=options.run_id,
+            committed_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            rows=0, destination_audience_id=audience_id, config_fingerprint=spec.fingerprint(),
+            counts={"added": result.added, "removed": result.removed, "updated": result.updated,
+                    "resent": result.resent, "failed": result.failed},
+        ))
+        result.snapshot_rows = store.manifest().rows
+        if outcome.error is not None:
+            result.duration_s = time.monotonic() - started
+            raise SyncAborted(
+                f"sync '{spec.name}' stopped after {outcome.rows_done} of {outcome.rows_total} rows: "
+                f"{outcome.error}. What the destination accepted before that was committed "
+                f"(added {result.added}, removed {result.removed}, updated {result.updated}); "
+                "the next run sends the rest."
+            ) from outcome.error
+        try:
+            result.audience_size = destination.audience_size(audience_id)
+        except Exception as exc:  # a size read-back is informative only
+            notes.append(f"could not read the audience size back: {type(exc).__name__}")
+    result.duration_s = time.monotonic() - started
+    return result
+
+
+def _guard_mass_removal(spec: SyncSpec, plan: DiffPlan, held: int, options: RunOptions) -> None:
+    removes = len(plan.remove)
+    if not spec.sends_removes or held == 0 or options.allow_mass_removal:
+        return
+    share = removes / held
+    if share > spec.max_removal_share:
+        raise MassRemovalBlocked(
+            f"sync '{spec.name}' would remove {removes} of the {held} members the destination holds "
+            f"({share:.0%}), more than its mass-removal guard allows ({spec.max_removal_share:.0%}); "
+            f"the audience now has {plan.counts['adds'] + plan.counts['updates'] + plan.counts['unchanged']} "
+            "rows. Nothing was sent and the snapshot is unchanged. If the removal is intended, rerun with "
+            "allow_mass_removal: true in the run config."
+        )
+
+
+def _operations(spec: SyncSpec, plan: DiffPlan, payload: Payload, old: pa.Table, options: RunOptions,
+                result: SyncResult) -> list[Operation]:
+    ops: list[Operation] = []
+    new = payload.table
+    if spec.sends_removes:
+        ops.append(Operation("remove", "removed", plan.remove, old))
+    else:
+        result.skipped += len(plan.remove)
+    if spec.sends_adds:
+        ops.append(Operation("update", "updated", plan.update_new, new, previous=old, previous_positions=plan.update_old))
+        ops.append(Operation("add", "added", plan.add, new))
+        if options.full_resync:
+            ops.append(Operation("resend", "resent", plan.unchanged_new, new))
+        else:
+            result.unchanged = len(plan.unchanged_new)
+    else:
+        result.skipped += len(plan.add) + len(plan.update_new)
+        result.unchanged = len(plan.unchanged_new)
+    return ops
+
+
+def _next_snapshot(plan: DiffPlan, new: pa.Table, old: pa.Table, ops: list[Operation],
+                   accepted: dict[str, np.ndarray], first_run: bool) -> pa.Table:
+    """Old snapshot - accepted removes - accepted updates (old side) + accepted adds and updates."""
+    keep_old = np.ones(old.num_rows, dtype=bool)
+    take_new = []
+    for op in ops:
+        ok = accepted[op.name]
+        if op.name == "remove":
+            keep_old[op.positions[ok]] = False
+        elif op.name == "update":
+            keep_old[op.previous_positions[ok]] = False
+            take_new.append(op.positions[ok])
+        elif op.name == "add":
+            take_new.append(op.positions[ok])
+    idx = np.concatenate(take_new) if take_new else np.empty(0, dtype=np.int64)
+    parts = [old.filter(pa.array(keep_old)), new.take(pa.array(idx, pa.int64()))]
+    return pa.concat_tables(parts).combine_chunks() if not first_run else parts[1]
