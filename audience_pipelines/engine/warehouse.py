@@ -47,7 +47,10 @@ def _duckdb(engine: sa.Engine, sql: str):
     raw = engine.raw_connection()
     try:
         con = raw.driver_connection
-        reader = con.execute(sql).fetch_record_batch(BATCH_ROWS)
+        cursor = con.execute(sql)
+        # DuckDB 2 renamed fetch_record_batch to to_arrow_reader.
+        reader = (cursor.to_arrow_reader(BATCH_ROWS) if hasattr(cursor, "to_arrow_reader")
+                  else cursor.fetch_record_batch(BATCH_ROWS))
     except Exception:
         raw.close()
         raise
@@ -118,3 +121,21 @@ def _generic(engine: sa.Engine, sql: str):
         keys = list(result.keys())
         for part in result.partitions(BATCH_ROWS):
             yield pa.RecordBatch.from_pydict({k: [row[i] for row in part] for i, k in enumerate(keys)})
+
+
+def query_audience(engine: sa.Engine, sql: str, audience: str, required: list[str]) -> pa.Table:
+    """Run an audience query; failures and missing columns name the audience."""
+    from audience_pipelines.engine.errors import AudienceError
+
+    try:
+        table = read_table(engine, sql)
+    except Exception as exc:  # driver errors differ per dialect; the message is what matters
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:500]
+        raise AudienceError(f"audience '{audience}': the query failed: {detail}") from exc
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise AudienceError(
+            f"audience '{audience}': the query returned no column(s) {missing} "
+            f"({table.num_rows} rows, columns {table.column_names})"
+        )
+    return table

@@ -1,0 +1,185 @@
+import dagster as dg
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
+
+from audience_pipelines.components.audience import Audience, audience_key
+from audience_pipelines.components.catalog import find, where
+from audience_pipelines.components.destination import KIND_TAGS, Destination
+from audience_pipelines.components.schedules import MANUAL, ScheduleChoice, build_schedule, cron_of
+from audience_pipelines.destinations import Target
+from audience_pipelines.engine import (
+    AudiencePipelinesError, ConfigError, RunOptions, SyncResult, SyncSpec, run_sync,
+)
+from audience_pipelines.engine.sync import MODES, REMOVALS
+from audience_pipelines.resources import AudienceStorage
+
+FAILURE_RATE_CHECK = "failure_rate_below_threshold"
+BACKFILL_TAG = "dagster/backfill"
+FULL_RESYNC_TAG = "audience/full_resync"
+
+
+class TargetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = None
+    name: str | None = None
+
+
+class SyncRunConfig(dg.Config):
+    full_resync: bool = False
+    allow_mass_removal: bool = False
+
+
+def sync_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["syncs", name])
+
+
+def is_full_resync(config: SyncRunConfig, tags: dict[str, str]) -> bool:
+    return config.full_resync or BACKFILL_TAG in tags or tags.get(FULL_RESYNC_TAG) == "true"
+
+
+def result_metadata(r: SyncResult) -> dict:
+    return {
+        "dagster/row_count": r.snapshot_rows,
+        "rows_added": r.added, "rows_removed": r.removed, "rows_updated": r.updated,
+        "rows_resent": r.resent, "rows_failed": r.failed, "rows_set_aside": r.set_aside,
+        "rows_skipped": r.skipped, "rows_unchanged": r.unchanged, "membership_rows": r.membership_rows,
+        "failure_rate": r.failure_rate, "duration_s": round(r.duration_s, 3),
+        "mode": r.mode, "sync_mode": r.sync_mode, "status": r.status,
+        "destination_audience_id": r.destination_audience_id,
+        "audience_size": dg.MetadataValue.int(r.audience_size) if r.audience_size is not None
+        else dg.MetadataValue.null(),
+        "invalid_identifiers": dg.MetadataValue.json(r.invalid_identifiers),
+        "destination_stats": dg.MetadataValue.json(r.destination_stats),
+        "errors_sample": dg.MetadataValue.json(r.errors_sample),
+        "set_aside_sample": dg.MetadataValue.json(r.set_aside_sample),
+        "rejected_rows_file": dg.MetadataValue.path(r.rejected_path) if r.rejected_path
+        else dg.MetadataValue.null(),
+        "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in r.notes)) if r.notes else dg.MetadataValue.null(),
+    }
+
+
+class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
+    """Keeps one destination audience in step with one audience."""
+
+    name: str
+    audience: str
+    destination: str
+    target: TargetConfig | None = None  # default: a destination audience named like the audience
+    mode: str = "mirror"
+    removal: str = "remove"
+    identifiers: dict[str, str] | None = None  # identifier kind -> audience column; default: all usable
+    fields: dict[str, str] = {}  # destination field -> audience column
+    schedule: ScheduleChoice = MANUAL
+    max_failure_rate: float = 0.05
+    max_removal_share: float = 0.5
+    default_region: str | None = None  # for phone numbers written without a country code
+    batch_size: int | None = None
+
+    def spec(self, context: dg.ComponentLoadContext) -> tuple[SyncSpec, Audience, Destination]:
+        owner = f"sync '{self.name}'"
+        at = where(context)
+        audience = find(context, Audience, self.audience, owner=owner, key="audience")
+        destination = find(context, Destination, self.destination, owner=owner, key="destination")
+        entity = audience.resolve(context)
+        destination.validate_in(context)
+        caps = destination.capabilities
+        for key, value, allowed in (("mode", self.mode, MODES), ("removal", self.removal, REMOVALS)):
+            if value not in allowed:
+                raise ConfigError(f"{at}: {owner}, key '{key}': '{value}' is not one of {list(allowed)}")
+        cron_of(self.schedule, f"{at}: {owner}, key 'schedule'")
+        if self.identifiers is None:
+            identifiers = {k: c for k, c in entity.identifiers.items() if k in caps.identifier_kinds}
+        else:
+            identifiers = dict(self.identifiers)
+        unsupported = sorted(set(identifiers) - caps.identifier_kinds)
+        if unsupported:
+            raise ConfigError(f"{at}: {owner}, key 'identifiers': destination type '{destination.type}' does not "
+                              f"take {unsupported}; it takes {sorted(caps.identifier_kinds)}")
+        columns = set(entity.columns)
+        for key, mapping in (("identifiers", identifiers), ("fields", self.fields)):
+            missing = sorted(c for c in mapping.values() if c not in columns)
+            if missing:
+                raise ConfigError(f"{at}: {owner}, key '{key}': column(s) {missing} are not columns of audience "
+                                  f"'{audience.name}' (entity '{entity.name}' has {entity.columns})")
+        if self.fields and not caps.accepts_fields:
+            raise ConfigError(f"{at}: {owner}, key 'fields': destination type '{destination.type}' takes no fields")
+        if caps.requires_identifier and not identifiers:
+            raise ConfigError(f"{at}: {owner}, key 'identifiers': destination type '{destination.type}' needs at "
+                              f"least one of {sorted(caps.identifier_kinds)}")
+        target = self.target or TargetConfig(name=audience.name)
+        if bool(target.id) == bool(target.name):
+            raise ConfigError(f"{at}: {owner}, key 'target': give exactly one of 'id' or 'name'")
+        try:
+            spec = SyncSpec(
+                name=self.name, audience=audience.name, destination=destination.name,
+                target=Target(id=target.id, name=target.name), identifiers=identifiers, fields=dict(self.fields),
+                mode=self.mode, removal=self.removal, max_removal_share=self.max_removal_share,
+                batch_size=self.batch_size, default_region=self.default_region,
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{at}: {exc}") from None
+        return spec, audience, destination
+
+    def describe(self, spec: SyncSpec, destination: Destination) -> str:
+        lines = [
+            f"Syncs audience `{spec.audience}` to destination `{destination.name}` ({destination.type}).",
+            "",
+            f"- target: {spec.target.describe()}",
+            f"- mode: {spec.mode}; removal: {spec.removal}; mass-removal guard: {spec.max_removal_share:.0%}",
+            f"- identifiers: {spec.identifiers or 'none (the key identifies members)'}",
+            f"- fields: {spec.fields or 'none'}",
+            f"- schedule: {self.schedule if isinstance(self.schedule, str) else self.schedule.model_dump()}",
+            f"- failure-rate threshold: {self.max_failure_rate:.0%}",
+        ]
+        if spec.default_region:
+            lines.append(f"- default phone region: {spec.default_region}")
+        return "\n".join(lines)
+
+    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
+        spec, audience, destination = self.spec(context)
+        key = sync_key(self.name)
+        dest_key = destination.resource_key
+        max_failure_rate = self.max_failure_rate
+
+        @dg.asset(
+            key=key, deps=[audience_key(audience.name)], group_name="syncs",
+            kinds={KIND_TAGS.get(destination.type, destination.type)},
+            description=self.describe(spec, destination),
+            required_resource_keys={"audience_storage", dest_key},
+            check_specs=[dg.AssetCheckSpec(FAILURE_RATE_CHECK, asset=key,
+                                           description=f"Rows failed / rows sent at most {max_failure_rate:.0%}")],
+            tags={"audience/destination": destination.name},
+            metadata={"audience": audience.name, "destination": destination.name,
+                      "destination_type": destination.type, "mode": spec.mode},
+        )
+        def _sync(context: dg.AssetExecutionContext, config: SyncRunConfig) -> dg.MaterializeResult:
+            storage: AudienceStorage = context.resources.audience_storage
+            path = storage.membership_path(spec.audience)
+            if not path.exists():
+                raise dg.Failure(f"sync '{spec.name}': audience '{spec.audience}' has not been materialized yet "
+                                 f"(no {path}); materialize audiences/{spec.audience} first")
+            members = pq.read_table(path)
+            full = is_full_resync(config, dict(context.run.tags))
+            context.log.info(f"sync '{spec.name}': {members.num_rows:,} members, "
+                             f"{'full resend' if full else 'diff'} run")
+            target = getattr(context.resources, dest_key).build(storage)
+            try:
+                result = run_sync(spec, members, target, storage.snapshot_store(spec.name), RunOptions(
+                    run_id=context.run.run_id, full_resync=full, allow_mass_removal=config.allow_mass_removal,
+                    progress=context.log.info))
+            except AudiencePipelinesError as exc:
+                raise dg.Failure(description=str(exc)) from exc
+            finally:
+                target.close()
+            return dg.MaterializeResult(
+                metadata=result_metadata(result),
+                check_results=[dg.AssetCheckResult(
+                    check_name=FAILURE_RATE_CHECK, passed=result.failure_rate <= max_failure_rate,
+                    severity=dg.AssetCheckSeverity.ERROR,
+                    metadata={"failure_rate": result.failure_rate, "threshold": max_failure_rate,
+                              "rows_failed": result.failed, "rows_attempted": result.attempted},
+                )],
+            )
+
+        schedules = build_schedule(f"sync_{self.name}_schedule", self.schedule, key, f"sync '{self.name}'")
+        return dg.Definitions(assets=[_sync], schedules=schedules)

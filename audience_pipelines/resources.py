@@ -1,0 +1,89 @@
+"""Dagster resources: where files live, how to reach a warehouse, how to build a destination.
+
+Secrets are read from environment variables when a run starts, never stored
+in configuration, metadata or logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+
+import dagster as dg
+import sqlalchemy as sa
+from pydantic import PrivateAttr
+
+from audience_pipelines.config import build_destination, resolve_placeholders
+from audience_pipelines.destinations import Destination
+from audience_pipelines.engine import ConfigError, SnapshotStore
+
+HOME_ENV = "AUDIENCE_PIPELINES_HOME"
+DEMO_URL = "demo"
+
+
+class AudienceStorage(dg.ConfigurableResource):
+    """Membership files, snapshots and run files. Default: $AUDIENCE_PIPELINES_HOME or ./.audience_pipelines."""
+
+    home: str | None = None
+
+    @property
+    def root(self) -> Path:
+        root = Path(self.home or os.environ.get(HOME_ENV) or ".audience_pipelines").absolute()
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    def membership_path(self, audience: str) -> Path:
+        return self.root / "audiences" / audience / "membership.parquet"
+
+    def set_aside_path(self, audience: str) -> Path:
+        return self.root / "audiences" / audience / "set_aside.parquet"
+
+    def snapshot_store(self, sync: str) -> SnapshotStore:
+        return SnapshotStore(self.root / "syncs", sync)
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """A SQLAlchemy URL, given inline or by environment variable; `demo` is the embedded DuckDB."""
+
+    name: str
+    url: str | None = DEMO_URL
+    url_env: str | None = None
+    _engine: sa.Engine | None = PrivateAttr(default=None)
+
+    def resolved_url(self, storage: AudienceStorage) -> str:
+        url = os.environ.get(self.url_env) if self.url_env else None
+        if not url:
+            url = self.url
+        if not url:
+            raise ConfigError(f"warehouse '{self.name}' needs its URL: set the environment variable {self.url_env}")
+        if url == DEMO_URL:
+            from audience_pipelines.demo import ensure_demo_warehouse
+
+            path = ensure_demo_warehouse(storage.root / "demo_warehouse.duckdb")
+            # Read-only, so several runs can read the demo warehouse at once.
+            return f"duckdb:///{path}?access_mode=read_only"
+        return resolve_placeholders(url, storage.root)
+
+    def engine(self, storage: AudienceStorage) -> sa.Engine:
+        if self._engine is None:
+            self._engine = sa.create_engine(self.resolved_url(storage))
+        return self._engine
+
+    def teardown_after_execution(self, context) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+class DestinationResource(dg.ConfigurableResource):
+    """One configured destination; `from_env` maps settings to the variables that hold them."""
+
+    name: str
+    type: str
+    settings_json: str = "{}"
+    from_env: dict[str, str] = {}
+
+    def build(self, storage: AudienceStorage) -> Destination:
+        return build_destination(self.name, self.type, json.loads(self.settings_json), self.from_env,
+                                 data_dir=storage.root)
