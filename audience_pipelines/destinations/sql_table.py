@@ -8,10 +8,14 @@ dialects), so resending is harmless.
 from __future__ import annotations
 
 import datetime as dt
+import random
+import time
+from collections.abc import Callable
 from typing import ClassVar
 
 import pyarrow as pa
 import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
 from pydantic import BaseModel, ConfigDict
 
 from audience_pipelines.destinations.base import BatchContext, BatchResult, Capabilities, Destination, Target
@@ -19,6 +23,7 @@ from audience_pipelines.engine.diff import KEY, KEY_HASH, ROW_HASH
 from audience_pipelines.identifiers import KINDS
 
 AUDIENCE_COL = "audience"
+LOCK_WAIT_S = 120.0
 SYNCED_AT_COL = "synced_at"
 
 
@@ -45,6 +50,24 @@ def _sql_type(t: pa.DataType) -> sa.types.TypeEngine:
     return sa.Text()
 
 
+def _locked_by_other_process(exc: Exception) -> bool:
+    return "Could not set lock on file" in str(exc)
+
+
+def with_file_lock_retry(fn: Callable[[], object], wait_s: float = LOCK_WAIT_S):
+    """Run `fn`, waiting while another process holds an embedded database file."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.05
+    while True:
+        try:
+            return fn()
+        except sa.exc.DBAPIError as exc:
+            if not _locked_by_other_process(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay + random.uniform(0, delay))
+        delay = min(delay * 2, 2.0)
+
+
 class SqlTableDestination(Destination):
     type_name = "sql_table"
     capabilities: ClassVar[Capabilities] = Capabilities(
@@ -55,7 +78,10 @@ class SqlTableDestination(Destination):
 
     def __init__(self, settings: SqlTableSettings):
         self.settings = settings
-        self.engine = sa.create_engine(settings.url)
+        url = sa.make_url(settings.url)
+        # An embedded DuckDB file admits one writing process: open it per batch, not per run.
+        self.engine = sa.create_engine(url, poolclass=NullPool) if url.get_backend_name() == "duckdb" \
+            else sa.create_engine(url)
         self._known: set[str] | None = None  # columns the table is known to have
 
     def _columns_for(self, rows: pa.Table) -> list[str]:
@@ -105,6 +131,9 @@ class SqlTableDestination(Destination):
         conn.execute(sa.delete(t).where(t.c[AUDIENCE_COL] == audience_id, t.c[KEY].in_(keys)))
 
     def add(self, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        return with_file_lock_retry(lambda: self._upsert(audience_id, rows))
+
+    def _upsert(self, audience_id: str, rows: pa.Table) -> BatchResult:
         self._ensure_columns(rows)
         cols = self._columns_for(rows)
         now = dt.datetime.now(dt.timezone.utc)
@@ -118,6 +147,9 @@ class SqlTableDestination(Destination):
         return BatchResult()
 
     def remove(self, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        return with_file_lock_retry(lambda: self._delete_rows(audience_id, rows))
+
+    def _delete_rows(self, audience_id: str, rows: pa.Table) -> BatchResult:
         if self._existing_columns() is None:
             return BatchResult()
         with self.engine.begin() as conn:
@@ -125,6 +157,9 @@ class SqlTableDestination(Destination):
         return BatchResult()
 
     def audience_size(self, audience_id: str) -> int | None:
+        return with_file_lock_retry(lambda: self._count(audience_id))
+
+    def _count(self, audience_id: str) -> int:
         if self._existing_columns() is None:
             return 0
         t = self._clause([AUDIENCE_COL])

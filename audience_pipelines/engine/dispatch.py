@@ -25,6 +25,7 @@ class Operation:
 @dataclass
 class Outcome:
     accepted: dict[str, np.ndarray]
+    answered: dict[str, np.ndarray]  # the destination said yes or no (not: timed out, never sent)
     rejections: list[dict] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     rows_done: int = 0
@@ -43,7 +44,8 @@ class Dispatcher:
 
     def run(self, ops: list[Operation]) -> Outcome:
         # Nothing is accepted until the destination says so.
-        outcome = Outcome(accepted={op.name: np.zeros(len(op.positions), dtype=bool) for op in ops})
+        outcome = Outcome(accepted={op.name: np.zeros(len(op.positions), dtype=bool) for op in ops},
+                          answered={op.name: np.zeros(len(op.positions), dtype=bool) for op in ops})
         outcome.rows_total = sum(len(op.positions) for op in ops)
         batches = [(op, lo) for op in ops for lo in range(0, len(op.positions), self.batch_size)]
         progress = _Progress(outcome.rows_total, len(batches), self.options)
@@ -79,6 +81,7 @@ class Dispatcher:
                         outcome.rejections.append(
                             {"key": keys[i].as_py(), "operation": op.name, "reason": str(reason)[:500]})
             outcome.accepted[op.name][lo:hi] = ok
+            outcome.answered[op.name][lo:hi] = True
             outcome.rows_done += hi - lo
             progress.batch_done(outcome.rows_done, seq)
         progress.finish(outcome.rows_done, outcome.error is None)

@@ -3,6 +3,7 @@
 Layout under `<root>/<sync>/`:
   manifest.json          the commit point: names the current snapshot file
   snapshot-<run>.parquet what was accepted, as sent, with key_hash and row_hash
+  pending.parquet        rows sent (or about to be) whose outcome is not known yet
   runs/<run>/rejected.parquet
   .lock                  held for the whole run (flock)
 A new snapshot file is written and fsynced first, then the manifest is
@@ -105,6 +106,29 @@ class SnapshotStore:
         if previous and previous.snapshot_file and previous.snapshot_file != manifest.snapshot_file:
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / previous.snapshot_file).unlink()
+
+    @property
+    def pending_path(self) -> Path:
+        return self.dir / "pending.parquet"
+
+    def read_pending(self) -> pa.Table | None:
+        """Rows whose fate at the destination is unknown (a run died, or a batch got no answer)."""
+        try:
+            return pq.read_table(self.pending_path)
+        except FileNotFoundError:
+            return None
+
+    def write_pending(self, table: pa.Table | None) -> None:
+        if table is None or table.num_rows == 0:
+            with contextlib.suppress(FileNotFoundError):
+                self.pending_path.unlink()
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / ".pending.parquet.tmp"
+        pq.write_table(table, tmp, compression="zstd", compression_level=1)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.pending_path)
 
     def write_rejections(self, run_id: str, table: pa.Table) -> Path:
         run_dir = self.dir / "runs" / _SAFE.sub("_", run_id)

@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from audience_pipelines.destinations.base import Destination, Target
-from audience_pipelines.engine.diff import DiffPlan, plan_diff
+from audience_pipelines.engine.diff import KEY, ROW_HASH, DiffPlan, plan_diff
 from audience_pipelines.engine.dispatch import Dispatcher, Operation
 from audience_pipelines.engine.errors import ConfigError, MassRemovalBlocked, SyncAborted
 from audience_pipelines.engine.payload import SAMPLE, Payload, build_payload
@@ -150,7 +151,15 @@ def run_sync(
             if manifest.config_fingerprint != spec.fingerprint():
                 notes.append("sync configuration changed since the last run")
         first_run = old is None
-        old = _conform(old, payload.table.schema) if old is not None else payload.table.schema.empty_table()
+        schema = payload.table.schema
+        old = _conform(old, schema) if old is not None else schema.empty_table()
+        pending = store.read_pending()
+        if pending is not None and not notes_audience_changed(notes):
+            pending = _conform(pending, schema)
+            old = _with_uncertain(old, pending)
+            notes.append(f"{pending.num_rows} rows from an interrupted run are sent again")
+        else:
+            pending = None
         plan = plan_diff(payload.table, old)
         result = SyncResult(
             sync=spec.name, run_id=options.run_id,
@@ -162,6 +171,9 @@ def run_sync(
         )
         _guard_mass_removal(spec, plan, old.num_rows, options)
         ops = _operations(spec, plan, payload, old, options, result)
+        # Journal what is about to be sent: if this run dies, the next one resends it.
+        journal = _journal(ops, pending)
+        store.write_pending(journal)
         dispatcher = Dispatcher(destination, audience_id, spec.name, options, spec.batch_size)
         outcome = dispatcher.run(ops)
         result.destination_stats = outcome.stats
@@ -178,7 +190,7 @@ def run_sync(
                 "operation": [r["operation"] for r in outcome.rejections],
                 "reason": [r["reason"] for r in outcome.rejections],
             })))
-        snapshot = _next_snapshot(plan, payload.table, old, ops, accepted, first_run)
+        snapshot = _next_snapshot(payload.table, old, ops, accepted)
         changed = first_run or any(int(a.sum()) for name, a in accepted.items() if name != "resend")
         store.commit(snapshot if changed else None, Manifest(
             sync=spec.name, snapshot_file=None, run_id=options.run_id,
@@ -187,6 +199,7 @@ def run_sync(
             counts={"added": result.added, "removed": result.removed, "updated": result.updated,
                     "resent": result.resent, "failed": result.failed},
         ))
+        store.write_pending(_unanswered(journal, ops, outcome.answered))
         result.snapshot_rows = store.manifest().rows
         if outcome.error is not None:
             result.duration_s = time.monotonic() - started
@@ -202,6 +215,56 @@ def run_sync(
             notes.append(f"could not read the audience size back: {type(exc).__name__}")
     result.duration_s = time.monotonic() - started
     return result
+
+
+def notes_audience_changed(notes: list[str]) -> bool:
+    return any(n.startswith("destination audience changed") for n in notes)
+
+
+_UNKNOWN = 0  # row hash meaning "state at the destination unknown": never equal to a real row
+
+
+def _with_uncertain(old: pa.Table, pending: pa.Table) -> pa.Table:
+    """The snapshot with rows of unknown fate marked so the diff sends them again.
+
+    A pending row already in the snapshot gets an unknown row hash (so it is
+    updated or removed); one missing from it is added with an unknown hash (so
+    it is removed if the member has left, resent if not).
+    """
+    pending = _last_per_key(pending)
+    in_old = pc.is_in(old[KEY], value_set=pending[KEY])
+    rh = pc.if_else(in_old, pa.scalar(_UNKNOWN, pa.uint64()), old[ROW_HASH])
+    old = old.set_column(old.column_names.index(ROW_HASH), ROW_HASH, rh)
+    extra = pending.filter(pc.invert(pc.is_in(pending[KEY], value_set=old[KEY])))
+    extra = extra.set_column(extra.column_names.index(ROW_HASH), ROW_HASH,
+                             pa.array(np.full(extra.num_rows, _UNKNOWN, np.uint64)))
+    return pa.concat_tables([old, extra]).combine_chunks()
+
+
+def _last_per_key(table: pa.Table) -> pa.Table:
+    idx = pa.array(np.arange(table.num_rows))
+    last = table.append_column("_i", idx).group_by(KEY).aggregate([("_i", "max")])["_i_max"]
+    return table.take(last)
+
+
+def _journal(ops: list[Operation], pending: pa.Table | None) -> pa.Table | None:
+    parts = [op.table.take(pa.array(op.positions, pa.int64())) for op in ops if op.name != "resend"]
+    if pending is not None:
+        planned = pa.concat_arrays([p[KEY].combine_chunks() for p in parts]) if parts else pa.array([], pa.string())
+        parts.append(pending.filter(pc.invert(pc.is_in(pending[KEY], value_set=planned))))
+    parts = [p for p in parts if p.num_rows]
+    return pa.concat_tables(parts) if parts else None
+
+
+def _unanswered(journal: pa.Table | None, ops: list[Operation], answered: dict[str, np.ndarray]) -> pa.Table | None:
+    """Journal rows the destination gave no answer for: their fate stays unknown."""
+    if journal is None:
+        return None
+    done = [op.table[KEY].take(pa.array(op.positions[answered[op.name]], pa.int64())).combine_chunks()
+            for op in ops if op.name != "resend"]
+    if not done:
+        return journal
+    return journal.filter(pc.invert(pc.is_in(journal[KEY], value_set=pa.concat_arrays(done))))
 
 
 def _guard_mass_removal(spec: SyncSpec, plan: DiffPlan, held: int, options: RunOptions) -> None:
@@ -240,8 +303,8 @@ def _operations(spec: SyncSpec, plan: DiffPlan, payload: Payload, old: pa.Table,
     return ops
 
 
-def _next_snapshot(plan: DiffPlan, new: pa.Table, old: pa.Table, ops: list[Operation],
-                   accepted: dict[str, np.ndarray], first_run: bool) -> pa.Table:
+def _next_snapshot(new: pa.Table, old: pa.Table, ops: list[Operation],
+                   accepted: dict[str, np.ndarray]) -> pa.Table:
     """Old snapshot - accepted removes - accepted updates (old side) + accepted adds and updates."""
     keep_old = np.ones(old.num_rows, dtype=bool)
     take_new = []
@@ -256,4 +319,4 @@ def _next_snapshot(plan: DiffPlan, new: pa.Table, old: pa.Table, ops: list[Opera
             take_new.append(op.positions[ok])
     idx = np.concatenate(take_new) if take_new else np.empty(0, dtype=np.int64)
     parts = [old.filter(pa.array(keep_old)), new.take(pa.array(idx, pa.int64()))]
-    return pa.concat_tables(parts).combine_chunks() if not first_run else parts[1]
+    return pa.concat_tables(parts).combine_chunks()
