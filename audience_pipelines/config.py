@@ -59,9 +59,10 @@ def build_destination(name: str, type_name: str, settings: Mapping, from_env: Ma
     values = {k: resolve_placeholders(v, data_dir) for k, v in settings.items()}
     for setting, var in from_env.items():
         value = environ.get(var)
-        if not value:
+        if value:
+            values[setting] = resolve_placeholders(value, data_dir)
+        elif setting not in values:  # an inline value, where allowed, is the default
             raise ConfigError(f"destination '{name}' needs its {setting}: set the environment variable {var}")
-        values[setting] = value
     try:
         return cls(cls.settings_model(**values))
     except ValidationError as exc:

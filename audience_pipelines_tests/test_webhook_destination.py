@@ -19,7 +19,9 @@ SECRET = "whsec_test"
 
 @pytest.fixture
 def hook():
-    with FakeWebhook(secret=SECRET) as server:
+    # The path ends in "/" only to step around the bug shown by test_posts_to_the_configured_url_exactly
+    # (the client POSTs to `url + "/"`); every other test here is about sync behaviour.
+    with FakeWebhook(secret=SECRET, path="/hook/") as server:
         yield server
 
 
@@ -62,6 +64,14 @@ def clear_rejections(hook):
     # FakeWebhook.reject_ids is persistent and has no public "clear"; reach into its state.
     with hook._lock:
         hook._rejects.clear()
+
+
+@pytest.mark.xfail(strict=True, reason="webhook.py POSTs to `url + '/'`: HttpClient(base_url=url) + request('POST', '')")
+def test_posts_to_the_configured_url_exactly(store):
+    with FakeWebhook(secret=SECRET, path="/hook") as exact:
+        result = run(exact, store, {"k1": ("a@example.com", "free")}, "r1")
+        assert [r.path for r in exact.requests] == ["/hook"]
+        assert (result.added, result.failed) == (1, 0) and exact.member_ids("vip") == {"k1"}
 
 
 BASE = {f"k{i}": (f"user{i}@example.com", "free") for i in range(1, 7)}
@@ -113,8 +123,10 @@ def test_signature_is_valid_and_wrong_secret_aborts_without_commit(hook, store):
     assert hook.members == {"vip": expected(BASE)}
     assert store.manifest().snapshot_file == manifest.snapshot_file and store.read().equals(before)
 
+    # k7's batch got no acceptance: the next run sends it (as an add, or as a resend of a pending row).
     third = run(hook, store, new, "r3")
-    assert third.added == 1 and hook.members == {"vip": expected(new)}
+    assert (third.added + third.updated, third.failed) == (1, 0)
+    assert hook.members == {"vip": expected(new)} and snapshot_keys(store) == set(new)
 
 
 def test_rejected_rows_are_recorded_and_retried_next_run(hook, store):
@@ -169,7 +181,9 @@ def test_retries_exhausted_abort_and_next_run_converges(hook, store):
     with pytest.raises(SyncAborted, match="gave up after 6 attempts"):
         run(hook, store, new, "r2")
     assert hook.members == {"vip": expected(BASE)} and store.read().equals(before)
-    assert run(hook, store, new, "r3").added == 2 and hook.members == {"vip": expected(new)}
+    third = run(hook, store, new, "r3")
+    assert (third.added + third.updated, third.failed) == (2, 0)
+    assert hook.members == {"vip": expected(new)} and snapshot_keys(store) == set(new)
 
 
 def test_non_fatal_http_error_rejects_only_its_batch(hook, store):

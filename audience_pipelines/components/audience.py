@@ -5,7 +5,7 @@ import dagster as dg
 from audience_pipelines.components.catalog import find, where
 from audience_pipelines.components.entity import Entity
 from audience_pipelines.components.schedules import MANUAL, ScheduleChoice, build_schedule, cron_of
-from audience_pipelines.engine import ConfigError, build_membership
+from audience_pipelines.engine import AudiencePipelinesError, ConfigError, build_membership
 from audience_pipelines.engine.membership import write_parquet_atomic
 from audience_pipelines.engine.warehouse import query_audience
 from audience_pipelines.resources import AudienceStorage
@@ -65,10 +65,13 @@ class Audience(dg.Component, dg.Model, dg.Resolvable):
             storage: AudienceStorage = context.resources.audience_storage
             engine = getattr(context.resources, warehouse.resource_key).engine(storage)
             started = time.monotonic()
-            rows = query_audience(engine, sql, name, required)
-            context.log.info(f"audience '{name}': query returned {rows.num_rows:,} rows "
-                             f"in {time.monotonic() - started:.1f}s")
-            m = build_membership(name, rows, key_column)
+            try:
+                rows = query_audience(engine, sql, name, required)
+                context.log.info(f"audience '{name}': query returned {rows.num_rows:,} rows "
+                                 f"in {time.monotonic() - started:.1f}s")
+                m = build_membership(name, rows, key_column)
+            except AudiencePipelinesError as exc:
+                raise dg.Failure(description=str(exc)) from exc
             path = write_parquet_atomic(m.table, storage.membership_path(name))
             write_parquet_atomic(m.set_aside, storage.set_aside_path(name))
             bad = m.set_aside.num_rows

@@ -73,6 +73,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
     max_failure_rate: float = 0.05
     max_removal_share: float = 0.5
     default_region: str | None = None  # for phone numbers written without a country code
+    phone_region_column: str | None = None  # or: a column holding each member's country
     batch_size: int | None = None
 
     def spec(self, context: dg.ComponentLoadContext) -> tuple[SyncSpec, Audience, Destination]:
@@ -96,7 +97,8 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             raise ConfigError(f"{at}: {owner}, key 'identifiers': destination type '{destination.type}' does not "
                               f"take {unsupported}; it takes {sorted(caps.identifier_kinds)}")
         columns = set(entity.columns)
-        for key, mapping in (("identifiers", identifiers), ("fields", self.fields)):
+        region = {"region": self.phone_region_column} if self.phone_region_column else {}
+        for key, mapping in (("identifiers", identifiers), ("fields", self.fields), ("phone_region_column", region)):
             missing = sorted(c for c in mapping.values() if c not in columns)
             if missing:
                 raise ConfigError(f"{at}: {owner}, key '{key}': column(s) {missing} are not columns of audience "
@@ -115,6 +117,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                 target=Target(id=target.id, name=target.name), identifiers=identifiers, fields=dict(self.fields),
                 mode=self.mode, removal=self.removal, max_removal_share=self.max_removal_share,
                 batch_size=self.batch_size, default_region=self.default_region,
+                region_column=self.phone_region_column,
             )
         except ConfigError as exc:
             raise ConfigError(f"{at}: {exc}") from None
@@ -131,8 +134,8 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             f"- schedule: {self.schedule if isinstance(self.schedule, str) else self.schedule.model_dump()}",
             f"- failure-rate threshold: {self.max_failure_rate:.0%}",
         ]
-        if spec.default_region:
-            lines.append(f"- default phone region: {spec.default_region}")
+        if spec.default_region or spec.region_column:
+            lines.append(f"- phone region: {spec.region_column or spec.default_region}")
         return "\n".join(lines)
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:

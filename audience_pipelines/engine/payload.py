@@ -42,6 +42,7 @@ def build_payload(
     identifiers: dict[str, str],
     fields: dict[str, str],
     default_region: str | None = None,
+    region_column: str | None = None,
 ) -> Payload:
     """Normalise identifiers, apply the platform's form and hashes, hash rows.
 
@@ -51,6 +52,8 @@ def build_payload(
     n = members.num_rows
     wanted = {KEY: "key", **{c: f"identifier '{k}'" for k, c in identifiers.items()},
               **{c: f"field '{f}'" for f, c in fields.items()}}
+    if region_column:
+        wanted[region_column] = "phone region column"
     missing = [c for c in wanted if c not in members.column_names]
     if missing:
         raise SyncInputError(
@@ -70,7 +73,8 @@ def build_payload(
     invalid: dict[str, int] = {}
     usable = np.zeros(n, dtype=bool)
     for kind, col in identifiers.items():
-        norm = normalize(kind, members[col], default_region=default_region)
+        region = members[region_column] if region_column and kind == "phone" else default_region
+        norm = normalize(kind, members[col], default_region=region)
         bad = int(pc.sum(norm.invalid).as_py() or 0)
         if bad:
             invalid[kind] = bad

@@ -37,6 +37,7 @@ class SyncSpec:
     max_removal_share: float = 0.5
     batch_size: int | None = None
     default_region: str | None = None
+    region_column: str | None = None  # per-row country for phones written without one
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -135,7 +136,7 @@ def run_sync(
     started = time.monotonic()
     with store.lock(options.run_id):
         payload = build_payload(spec.name, members, destination, spec.identifiers, spec.fields,
-                                spec.default_region)
+                                spec.default_region, spec.region_column)
         audience_id = destination.resolve_target(spec.target)
         manifest = store.manifest()
         notes: list[str] = []

@@ -47,10 +47,7 @@ def _duckdb(engine: sa.Engine, sql: str):
     raw = engine.raw_connection()
     try:
         con = raw.driver_connection
-        cursor = con.execute(sql)
-        # DuckDB 2 renamed fetch_record_batch to to_arrow_reader.
-        reader = (cursor.to_arrow_reader(BATCH_ROWS) if hasattr(cursor, "to_arrow_reader")
-                  else cursor.fetch_record_batch(BATCH_ROWS))
+        reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
     except Exception:
         raw.close()
         raise

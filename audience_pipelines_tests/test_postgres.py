@@ -1,0 +1,123 @@
+"""PostgreSQL as the warehouse and as a sql_table destination, through the real YAML definitions."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from audience_pipelines.definitions import defs as load_defs
+from audience_pipelines.demo import create_demo_warehouse
+from audience_pipelines_tests.dagster_helpers import materialize, metadata
+
+AUDIENCE = "audiences/high_value_customers"
+SYNC = "syncs/high_value_to_crm"
+
+
+@pytest.fixture
+def pg_project(home, pg_schema, monkeypatch, tmp_path):
+    """Demo customers copied into a PostgreSQL schema that is both warehouse and CRM."""
+    url, schema = pg_schema
+    source = create_demo_warehouse(tmp_path / "src.duckdb", rows=3000)
+    con = duckdb.connect(str(source), read_only=True)
+    customers = con.sql("SELECT * FROM customers").to_arrow_table()
+    con.close()
+    engine = sa.create_engine(url)
+    customers.to_pandas().to_sql("customers", engine, index=False)
+    monkeypatch.setenv("AUDIENCE_PIPELINES_WAREHOUSE_URL", url)
+    monkeypatch.setenv("AUDIENCE_PIPELINES_CRM_URL", url)
+    yield engine
+    engine.dispose()
+
+
+def sql_set(engine, query: str) -> set:
+    with engine.connect() as conn:
+        return {r[0] for r in conn.execute(sa.text(query))}
+
+
+EXPECTED = """SELECT customer_id FROM customers WHERE lifetime_value > 1000 AND customer_id IS NOT NULL
+              GROUP BY customer_id HAVING count(*) = 1"""
+HELD = "SELECT key FROM audience_members WHERE audience = 'high_value_customers'"
+
+
+def test_postgres_warehouse_to_postgres_table_with_changes(pg_project, home):
+    engine = pg_project
+    defs = load_defs()
+    instance = dg.DagsterInstance.ephemeral()
+    first = materialize(defs, AUDIENCE, SYNC, instance=instance)
+    expected = sql_set(engine, EXPECTED)
+    assert len(expected) > 50
+    assert metadata(first, SYNC)["rows_added"] == len(expected)
+    assert sql_set(engine, HELD) == expected
+    membership = pq.read_table(home / "audiences" / "high_value_customers" / "membership.parquet")
+    assert membership.schema.field("lifetime_value").type == pa.float64()
+    assert pa.types.is_timestamp(membership.schema.field("last_purchase_at").type)
+    assert membership.schema.field("marketing_opt_in").type == pa.bool_()
+
+    leaving = sorted(expected)[:5]
+    changed = sorted(expected)[5:7]
+    with engine.begin() as conn:
+        joining = [r[0] for r in conn.execute(sa.text(
+            "SELECT customer_id FROM customers WHERE lifetime_value < 500 AND customer_id IS NOT NULL "
+            "GROUP BY customer_id HAVING count(*) = 1 ORDER BY customer_id LIMIT 3"))]
+        conn.execute(sa.text("UPDATE customers SET lifetime_value = 10 WHERE customer_id = ANY(:ids)"),
+                     {"ids": leaving})
+        conn.execute(sa.text("UPDATE customers SET plan = 'enterprise-plus' WHERE customer_id = ANY(:ids)"),
+                     {"ids": changed})
+        conn.execute(sa.text("UPDATE customers SET lifetime_value = 5000 WHERE customer_id = ANY(:ids)"),
+                     {"ids": joining})
+    second = materialize(defs, AUDIENCE, SYNC, instance=instance)
+    m = metadata(second, SYNC)
+    assert (m["rows_added"], m["rows_removed"], m["rows_updated"]) == (3, 5, 2)
+    assert sql_set(engine, HELD) == sql_set(engine, EXPECTED)
+    with engine.connect() as conn:
+        plans = {r[0]: r[1] for r in conn.execute(sa.text(
+            "SELECT key, plan FROM audience_members WHERE key = ANY(:ids)"), {"ids": changed})}
+    assert plans == {k: "enterprise-plus" for k in changed}
+
+
+def test_empty_audience_is_stopped_by_the_mass_removal_guard(pg_project, home):
+    engine = pg_project
+    defs = load_defs()
+    instance = dg.DagsterInstance.ephemeral()
+    materialize(defs, AUDIENCE, SYNC, instance=instance)
+    held = sql_set(engine, HELD)
+    manifest = (home / "syncs" / "high_value_to_crm" / "manifest.json").read_text()
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE customers SET lifetime_value = 0"))
+    blocked = materialize(defs, AUDIENCE, SYNC, instance=instance, raise_on_error=False)
+    assert not blocked.success
+    message = blocked.get_step_failure_events()[0].step_failure_data.error.message
+    assert f"would remove {len(held)} of the {len(held)} members" in message
+    assert "mass-removal guard" in message and "Nothing was sent" in message
+    assert sql_set(engine, HELD) == held
+    assert (home / "syncs" / "high_value_to_crm" / "manifest.json").read_text() == manifest
+    allowed = materialize(defs, SYNC, instance=instance,
+                          run_config={"ops": {"syncs__high_value_to_crm": {"config": {"allow_mass_removal": True}}}})
+    assert metadata(allowed, SYNC)["rows_removed"] == len(held)
+    assert sql_set(engine, HELD) == set()
+
+
+def test_failing_query_and_missing_column_name_the_audience(pg_project, home):
+    engine = pg_project
+    defs = load_defs()
+    instance = dg.DagsterInstance.ephemeral()
+    materialize(defs, AUDIENCE, instance=instance)
+    path = home / "audiences" / "high_value_customers" / "membership.parquet"
+    before = path.read_bytes()
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE customers DROP COLUMN phone"))
+    result = materialize(defs, AUDIENCE, instance=instance, raise_on_error=False)
+    message = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "audience 'high_value_customers'" in message and "phone" in message
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE customers"))
+    result = materialize(defs, AUDIENCE, instance=instance, raise_on_error=False)
+    message = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "audience 'high_value_customers': the query failed" in message and "customers" in message
+    assert path.read_bytes() == before  # the last good membership is untouched
