@@ -237,8 +237,6 @@ def test_target_id(meta, store):
     assert other.manifest() is None and list(meta.audiences) == [aid]
 
 
-@pytest.mark.xfail(strict=True, reason="removing one of two members whose hashed rows are identical deletes the "
-                   "row the remaining member still needs (engine sends the remove regardless)")
 def test_removing_a_duplicate_keeps_the_shared_row(meta, store):
     # Two customer records with the same email hash to the same Meta row; only one leaves the audience.
     run(meta, store, table({"a": {"email": "same@example.com"}, "b": {"email": "Same@Example.com"},

@@ -66,7 +66,7 @@ def clear_rejections(hook):
         hook._rejects.clear()
 
 
-@pytest.mark.xfail(strict=True, reason="webhook.py POSTs to `url + '/'`: HttpClient(base_url=url) + request('POST', '')")
+
 def test_posts_to_the_configured_url_exactly(store):
     with FakeWebhook(secret=SECRET, path="/hook") as exact:
         result = run(exact, store, {"k1": ("a@example.com", "free")}, "r1")

@@ -13,10 +13,20 @@ T = TypeVar("T")
 
 
 def where(context: dg.ComponentLoadContext) -> str:
+    """`defs/syncs/defs.yaml (document 2)`: where a component instance was declared."""
     try:
-        return str(Path(context.path).relative_to(context.project_root))
-    except (ValueError, AttributeError):
-        return str(getattr(context, "path", "defs"))
+        loc = context.component_path
+        path = loc.file_path
+        if path.is_dir():
+            path = path / "defs.yaml"
+        try:
+            shown = path.relative_to(context.defs_module_path.parent)
+        except ValueError:
+            shown = path
+        doc = f" (document {int(loc.instance_key) + 1})" if isinstance(loc.instance_key, int) else ""
+        return f"{shown.as_posix()}{doc}"
+    except Exception:  # noqa: BLE001 - a location is a courtesy; never hide the real error
+        return "defs"
 
 
 def find(context: dg.ComponentLoadContext, of_type: type[T], name: str, *, owner: str, key: str) -> T:

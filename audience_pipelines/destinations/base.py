@@ -78,7 +78,12 @@ class Destination(ABC):
     def remove(self, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult: ...
 
     def update(self, audience_id: str, rows: pa.Table, previous: pa.Table, ctx: BatchContext) -> BatchResult:
-        """Rows whose sent values changed; `previous` holds what was sent before, row for row."""
+        """Rows whose sent values changed.
+
+        `previous` holds what was sent before for these members and no current
+        member still sends (so withdrawing it harms nobody); it may be shorter
+        than `rows`.
+        """
         return self.add(audience_id, rows, ctx)
 
     def audience_size(self, audience_id: str) -> int | None:

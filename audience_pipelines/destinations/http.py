@@ -73,7 +73,7 @@ class HttpClient:
             try:
                 response = self._client.request(method, url, **kwargs)
             except httpx.TransportError as exc:  # timeouts, refused and reset connections
-                last = f"{type(exc).__name__} calling {method} {_path(url)}"
+                last = f"{type(exc).__name__} on {method} {_shown(url)}"
             else:
                 delay = self._throttle_delay(response) if self._throttle_delay else None
                 if delay is None and response.status_code in RETRY_STATUSES:
@@ -82,7 +82,7 @@ class HttpClient:
                         delay = -1.0
                 if delay is None:
                     return response
-                last = f"HTTP {response.status_code} from {method} {_path(url)}"
+                last = f"HTTP {response.status_code} on {method} {_shown(url)}"
             if attempt + 1 < self.policy.max_attempts:
                 wait = delay if delay is not None and delay >= 0 else self.policy.backoff(attempt)
                 self._sleep(min(wait, self.policy.max_delay_s))
@@ -94,5 +94,8 @@ class HttpClient:
         self._client.close()
 
 
-def _path(url: str) -> str:
-    return url.split("?", 1)[0]
+def _shown(url: str) -> str:
+    """A relative API path is safe to show; a full URL may carry a token, so it is not shown."""
+    if "://" in url:
+        return "the configured URL"
+    return url.split("?", 1)[0] or "/"

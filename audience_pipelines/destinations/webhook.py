@@ -58,10 +58,11 @@ class WebhookDestination(Destination):
     settings_model = WebhookSettings
     secret_settings: ClassVar[tuple[str, ...]] = ("secret", "url")
 
-    def __init__(self, settings: WebhookSettings):
+    def __init__(self, settings: WebhookSettings, sleep=time.sleep):
         self.settings = settings
         self.capabilities = Capabilities(identifier_kinds=frozenset(KINDS), max_batch_rows=settings.batch_size)
-        self.http = HttpClient(settings.url, timeout_s=settings.timeout_s, name="webhook")
+        # No base URL: httpx would append "/" to it, and receivers match the path exactly.
+        self.http = HttpClient("", timeout_s=settings.timeout_s, name="webhook", sleep=sleep)
 
     def resolve_target(self, target: Target) -> str:
         # A webhook has no audiences to list; the receiver keys on the id we send.
@@ -81,7 +82,7 @@ class WebhookDestination(Destination):
         if self.settings.secret:
             sig = hmac.new(self.settings.secret.encode(), raw, hashlib.sha256).hexdigest()
             headers["X-Signature"] = f"sha256={sig}"
-        response = self.http.request("POST", "", content=raw, headers=headers)
+        response = self.http.request("POST", self.settings.url, content=raw, headers=headers)
         if response.status_code in (401, 403):
             raise DestinationError(f"webhook refused the request (HTTP {response.status_code}): check its secret",
                                    status=response.status_code, fatal=True)

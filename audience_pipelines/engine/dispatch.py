@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from audience_pipelines.destinations.base import BatchContext, Destination
+from audience_pipelines.destinations.base import BatchContext, BatchResult, Destination
 from audience_pipelines.engine.diff import KEY
 
 
@@ -20,6 +20,8 @@ class Operation:
     table: pa.Table
     previous: pa.Table | None = None  # old snapshot, for updates
     previous_positions: np.ndarray | None = None
+    silent: np.ndarray | None = None  # rows committed as done without being sent (see sync._still_sent)
+    previous_silent: np.ndarray | None = None  # previous rows not to withdraw
 
 
 @dataclass
@@ -51,14 +53,20 @@ class Dispatcher:
         progress = _Progress(outcome.rows_total, len(batches), self.options)
         for seq, (op, lo) in enumerate(batches, start=1):
             hi = min(lo + self.batch_size, len(op.positions))
-            rows = op.table.take(pa.array(op.positions[lo:hi], pa.int64()))
+            send = np.ones(hi - lo, dtype=bool) if op.silent is None else ~op.silent[lo:hi]
+            rows = op.table.take(pa.array(op.positions[lo:hi][send], pa.int64()))
             ctx = BatchContext(self.sync, self.options.run_id, "add" if op.name == "resend" else op.name,
                                seq, seq == len(batches))
             try:
-                if op.name == "remove":
+                if rows.num_rows == 0:
+                    res = BatchResult()
+                elif op.name == "remove":
                     res = self.destination.remove(self.audience_id, rows, ctx)
                 elif op.name == "update":
-                    prev = op.previous.take(pa.array(op.previous_positions[lo:hi], pa.int64()))
+                    prev_pos = op.previous_positions[lo:hi]
+                    if op.previous_silent is not None:
+                        prev_pos = prev_pos[~op.previous_silent[lo:hi]]
+                    prev = op.previous.take(pa.array(prev_pos, pa.int64()))
                     res = self.destination.update(self.audience_id, rows, prev, ctx)
                 else:
                     res = self.destination.add(self.audience_id, rows, ctx)
@@ -66,18 +74,20 @@ class Dispatcher:
                 if getattr(exc, "fatal", True):
                     outcome.error = exc
                     break
-                res_rejected = {i: str(exc) for i in range(hi - lo)}
+                res_rejected = {i: str(exc) for i in range(rows.num_rows)}
             else:
                 res_rejected = res.rejected
                 for k, v in res.stats.items():
                     outcome.stats[k] = outcome.stats.get(k, 0) + v
             ok = np.ones(hi - lo, dtype=bool)
             if res_rejected:
-                bad = np.fromiter((i for i in res_rejected if 0 <= i < hi - lo), dtype=np.int64)
-                ok[bad] = False
+                # Rejections index the sent rows; map them back to the batch.
+                sent_at = np.flatnonzero(send)
+                bad = np.fromiter((i for i in res_rejected if 0 <= i < len(sent_at)), dtype=np.int64)
+                ok[sent_at[bad]] = False
                 keys = rows[KEY]
                 for i, reason in res_rejected.items():
-                    if 0 <= i < hi - lo:
+                    if 0 <= i < len(sent_at):
                         outcome.rejections.append(
                             {"key": keys[i].as_py(), "operation": op.name, "reason": str(reason)[:500]})
             outcome.accepted[op.name][lo:hi] = ok

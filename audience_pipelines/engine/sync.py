@@ -16,7 +16,8 @@ import pyarrow.compute as pc
 from audience_pipelines.destinations.base import Destination, Target
 from audience_pipelines.engine.diff import KEY, ROW_HASH, DiffPlan, plan_diff
 from audience_pipelines.engine.dispatch import Dispatcher, Operation
-from audience_pipelines.engine.errors import ConfigError, MassRemovalBlocked, SyncAborted
+from audience_pipelines.engine.hashing import row_hash
+from audience_pipelines.engine.errors import ConfigError, DestinationError, MassRemovalBlocked, SyncAborted
 from audience_pipelines.engine.payload import SAMPLE, Payload, build_payload
 from audience_pipelines.engine.snapshot import Manifest, SnapshotStore
 
@@ -137,7 +138,11 @@ def run_sync(
     with store.lock(options.run_id):
         payload = build_payload(spec.name, members, destination, spec.identifiers, spec.fields,
                                 spec.default_region, spec.region_column)
-        audience_id = destination.resolve_target(spec.target)
+        try:
+            audience_id = destination.resolve_target(spec.target)
+        except DestinationError as exc:
+            raise DestinationError(f"sync '{spec.name}': could not open the destination audience "
+                                   f"({spec.target.describe()}): {exc}", status=exc.status, fatal=True) from exc
         manifest = store.manifest()
         notes: list[str] = []
         old = None
@@ -171,7 +176,8 @@ def run_sync(
             notes=notes,
         )
         _guard_mass_removal(spec, plan, old.num_rows, options)
-        ops = _operations(spec, plan, payload, old, options, result)
+        ops = _operations(spec, plan, payload, old, options, result,
+                          destination.capabilities.requires_identifier)
         # Journal what is about to be sent: if this run dies, the next one resends it.
         journal = _journal(ops, pending)
         store.write_pending(journal)
@@ -283,16 +289,33 @@ def _guard_mass_removal(spec: SyncSpec, plan: DiffPlan, held: int, options: RunO
         )
 
 
+def _still_sent(payload: Payload, old: pa.Table) -> np.ndarray:
+    """For each old row: do its identifier values equal those of some row being sent now?"""
+    cols = payload.identifier_columns
+    if not cols or old.num_rows == 0:
+        return np.zeros(old.num_rows, dtype=bool)
+    zeros_new = np.zeros(payload.table.num_rows, np.uint64)
+    zeros_old = np.zeros(old.num_rows, np.uint64)
+    now = row_hash([payload.table[c] for c in cols], zeros_new)
+    before = row_hash([old[c] for c in cols], zeros_old)
+    return np.isin(before, now)
+
+
 def _operations(spec: SyncSpec, plan: DiffPlan, payload: Payload, old: pa.Table, options: RunOptions,
-                result: SyncResult) -> list[Operation]:
+                result: SyncResult, destination_matches_identifiers: bool = False) -> list[Operation]:
     ops: list[Operation] = []
     new = payload.table
+    # Platforms that match on identifiers hold one row per identifier set: withdrawing a row
+    # another current member still sends would take that member out too.
+    shared = _still_sent(payload, old) if destination_matches_identifiers else None
     if spec.sends_removes:
-        ops.append(Operation("remove", "removed", plan.remove, old))
+        ops.append(Operation("remove", "removed", plan.remove, old,
+                             silent=shared[plan.remove] if shared is not None else None))
     else:
         result.skipped += len(plan.remove)
     if spec.sends_adds:
-        ops.append(Operation("update", "updated", plan.update_new, new, previous=old, previous_positions=plan.update_old))
+        ops.append(Operation("update", "updated", plan.update_new, new, previous=old, previous_positions=plan.update_old,
+                             previous_silent=shared[plan.update_old] if shared is not None else None))
         ops.append(Operation("add", "added", plan.add, new))
         if options.full_resync:
             ops.append(Operation("resend", "resent", plan.unchanged_new, new))
