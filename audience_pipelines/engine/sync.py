@@ -198,7 +198,9 @@ def run_sync(
                 "reason": [r["reason"] for r in outcome.rejections],
             })))
         snapshot = _next_snapshot(payload.table, old, ops, accepted)
-        changed = first_run or any(int(a.sum()) for name, a in accepted.items() if name != "resend")
+        # Rows marked unknown from the journal must be persisted as unknown, even when rejected.
+        changed = first_run or pending is not None or any(
+            int(a.sum()) for name, a in accepted.items() if name != "resend")
         store.commit(snapshot if changed else None, Manifest(
             sync=spec.name, snapshot_file=None, run_id=options.run_id,
             committed_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
