@@ -165,15 +165,16 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             full = is_full_resync(config, dict(context.run.tags))
             context.log.info(f"sync '{spec.name}': {members.num_rows:,} members, "
                              f"{'full resend' if full else 'diff'} run")
-            target = getattr(context.resources, dest_key).build(storage)
             try:
-                result = run_sync(spec, members, target, storage.snapshot_store(spec.name), RunOptions(
-                    run_id=context.run.run_id, full_resync=full, allow_mass_removal=config.allow_mass_removal,
-                    progress=context.log.info))
+                target = getattr(context.resources, dest_key).build(storage)
+                try:
+                    result = run_sync(spec, members, target, storage.snapshot_store(spec.name), RunOptions(
+                        run_id=context.run.run_id, full_resync=full, allow_mass_removal=config.allow_mass_removal,
+                        progress=context.log.info))
+                finally:
+                    target.close()
             except AudiencePipelinesError as exc:
                 raise dg.Failure(description=str(exc)) from exc
-            finally:
-                target.close()
             return dg.MaterializeResult(
                 metadata=result_metadata(result),
                 check_results=[dg.AssetCheckResult(
