@@ -5,7 +5,6 @@ from __future__ import annotations
 import duckdb
 import dagster as dg
 import pyarrow.parquet as pq
-import pytest
 
 from audience_pipelines.definitions import defs as load_defs
 from audience_pipelines_tests.dagster_helpers import materialize, metadata

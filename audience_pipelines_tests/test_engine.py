@@ -5,11 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing
-import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from audience_pipelines.destinations import Target

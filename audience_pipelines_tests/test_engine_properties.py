@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.parquet as pq
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audience_pipelines.destinations import Target
-from audience_pipelines.engine import MassRemovalBlocked, RunOptions, SnapshotStore, SyncSpec, run_sync
+from audience_pipelines.engine import RunOptions, SnapshotStore, SyncSpec, run_sync
 from audience_pipelines_tests.memory_destination import Crash, MemoryDestination
 
 KEYS = [f"k{i}" for i in range(12)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dagster as dg
 import pyarrow.parquet as pq
-import pytest
 
 from audience_pipelines_tests.dagster_helpers import materialize, metadata, project_defs
 from audience_pipelines_tests.fakes import FakeMeta, FakeWebhook

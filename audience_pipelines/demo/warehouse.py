@@ -19,7 +19,7 @@ import functools
 import os
 import unicodedata
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
