@@ -133,7 +133,7 @@ def test_diff_classifies_and_survives_key_hash_collisions():
 
     def hashed(t, kh):
         return t.append_column("key_hash", pa.array(kh, pa.uint64())).append_column(
-            "row_hash", pa.array(row_hash([t["v"]], kh), pa.uint64()))
+            "row_hash", pa.array(row_hash([t["v"]], t["key"]), pa.uint64()))
 
     plan = plan_diff(hashed(new, key_hash(new["key"])), hashed(old, key_hash(old["key"])))
     assert plan.counts == {"adds": 1, "updates": 1, "unchanged": 1, "removes": 1}
@@ -142,3 +142,15 @@ def test_diff_classifies_and_survives_key_hash_collisions():
     collided = plan_diff(hashed(new, same), hashed(old, same))
     assert collided.counts == plan.counts
     assert list(collided.add) == [0] and list(collided.remove) == [2]
+    # Two different members with colliding key hashes and equal fields are still told apart.
+    one_new, one_old = pa.table({"key": ["x"], "v": [7]}), pa.table({"key": ["y"], "v": [7]})
+    pair = plan_diff(hashed(one_new, np.zeros(1, np.uint64)), hashed(one_old, np.zeros(1, np.uint64)))
+    assert pair.counts == {"adds": 1, "updates": 0, "unchanged": 0, "removes": 1}
+
+
+def test_dates_and_times_hash():
+    import datetime as dt
+    cols = [pa.array([dt.date(2026, 1, 1), None]), pa.array([dt.time(1, 2), None], pa.time32("s")),
+            pa.array([dt.datetime(2026, 1, 1), None])]
+    hashes = row_hash(cols, pa.array(["a", "b"]))
+    assert len(set(hashes.tolist())) == 2

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Benchmark the engine's membership diff against DuckDB on the same Parquet files.
 
     python benchmarks/diff.py --rows N [--repeat R] [--data-dir DIR] [--keep] [--regenerate]
@@ -28,7 +27,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -41,7 +39,7 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-GEN_VERSION = 1  # bump when the generated data changes; invalidates the cache
+GEN_VERSION = 2  # bump when the generated data changes; invalidates the cache
 MEMBERS = "members.parquet"
 SNAPSHOT = "snapshot.parquet"
 TINY_MEMBERS = "tiny_members.parquet"
@@ -60,16 +58,8 @@ DOMAINS = ["gmx.de", "mail.io", "gmail.com", "yahoo.com", "proton.me", "icloud.c
 
 
 def hash_inputs(table):
-    """The sent columns in hashing order (identifiers, then fields).
-
-    Workaround, engine bug: `hashing.hash_column` casts temporal columns to int64,
-    which pyarrow (26) refuses for date32 ("Unsupported cast from date32[day] to
-    int64"; time32 likewise), so `row_hash` raises on any date32 column. The date
-    goes in as its int32 day count instead, which the integer branch hashes to the
-    same value the temporal branch intends (days as int64, null sentinel).
-    """
-    import pyarrow as pa
-    return [table[c].cast(pa.int32()) if pa.types.is_date32(table[c].type) else table[c] for c in SENT]
+    """The sent columns in hashing order (identifiers, then fields), as the engine hashes them."""
+    return [table[c] for c in SENT]
 
 
 def keyset_digest(keys) -> str:
@@ -146,6 +136,7 @@ def generate(n: int, out: Path) -> dict:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     from audience_pipelines.engine.hashing import key_hash, row_hash
 
     t0 = time.perf_counter()
@@ -230,7 +221,7 @@ def generate(n: int, out: Path) -> dict:
 
     t0 = time.perf_counter()
     kh = key_hash(old["key"])
-    rh = row_hash(hash_inputs(old), kh)
+    rh = row_hash(hash_inputs(old), old["key"])
     snap = old.append_column("key_hash", pa.array(kh, pa.uint64())).append_column(
         "row_hash", pa.array(rh, pa.uint64()))
     t_hash = time.perf_counter() - t0
@@ -278,6 +269,7 @@ def _results(tables: dict, phases: dict, wall: float) -> dict:
 def worker_engine(data: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     from audience_pipelines.engine.diff import plan_diff
     from audience_pipelines.engine.hashing import key_hash, row_hash
 
@@ -298,7 +290,7 @@ def worker_engine(data: Path) -> dict:
     new = pq.read_table(data / MEMBERS, read_dictionary=dict_cols)
     lap("read_new")
     kh = key_hash(new["key"])
-    rh = row_hash(hash_inputs(new), kh)
+    rh = row_hash(hash_inputs(new), new["key"])
     new = new.append_column("key_hash", pa.array(kh, pa.uint64())).append_column(
         "row_hash", pa.array(rh, pa.uint64()))
     lap("hash_new")
@@ -356,7 +348,7 @@ WORKERS = {"engine": worker_engine, "duckdb": worker_duckdb}
 
 def _spawn(role: str, data: Path, extra: list[str] | None = None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", role, "--data-dir", str(data)]
-    proc = subprocess.run(cmd + (extra or []), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd + (extra or []), check=False, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{role} worker failed with exit code {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

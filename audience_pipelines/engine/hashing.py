@@ -36,12 +36,12 @@ def _validity(arr: pa.Array) -> np.ndarray | None:
 _MAX_PAD = 256  # strings up to this many bytes take the fixed-width fast path
 
 
-def _mix_words(words: np.ndarray, word_pos: np.ndarray | np.uint64) -> np.ndarray:
+def _mix_words(words: np.ndarray, word_pos: np.ndarray | np.uint64, seed: np.uint64) -> np.ndarray:
     with np.errstate(over="ignore"):
-        return splitmix64(words ^ (word_pos * _M1))
+        return splitmix64(words ^ (word_pos * _M1 + seed))
 
 
-def _hash_binary_chunk(arr: pa.Array) -> np.ndarray:
+def _hash_binary_chunk(arr: pa.Array, seed: np.uint64) -> np.ndarray:
     """Hash each string as a sum of mixed 8-byte words, position and length salted.
 
     NUL padding is safe because the byte length is folded in at the end.
@@ -63,15 +63,15 @@ def _hash_binary_chunk(arr: pa.Array) -> np.ndarray:
             words = words.reshape(n, width // 8)
             words_per = np.maximum((lengths + np.uint64(7)) // np.uint64(8), np.uint64(1))
             with np.errstate(over="ignore"):
-                acc = _mix_words(words[:, 0], np.uint64(0))
+                acc = _mix_words(words[:, 0], np.uint64(0), seed)
                 for j in range(1, width // 8):
                     # Words past a string's own length must not count, or the hash would depend on the chunk.
-                    acc += _mix_words(words[:, j], np.uint64(j)) * (words_per > j)
+                    acc += _mix_words(words[:, j], np.uint64(j), seed) * (words_per > j)
                 return splitmix64(acc + lengths * _M2)
-    return _hash_ragged(arr, lengths.astype(np.int64))
+    return _hash_ragged(arr, lengths.astype(np.int64), seed)
 
 
-def _hash_ragged(arr: pa.Array, lengths: np.ndarray) -> np.ndarray:
+def _hash_ragged(arr: pa.Array, lengths: np.ndarray, seed: np.uint64) -> np.ndarray:
     """Same hash as the fast path, for chunks holding very long strings."""
     n = len(arr)
     bufs = arr.buffers()
@@ -90,19 +90,23 @@ def _hash_ragged(arr: pa.Array, lengths: np.ndarray) -> np.ndarray:
     words = padded.view(np.uint64)
     pos = np.arange(total_words, dtype=np.int64) - np.repeat(word_start, words_per)
     with np.errstate(over="ignore"):
-        summed = np.add.reduceat(_mix_words(words, pos.astype(np.uint64)), word_start)
+        summed = np.add.reduceat(_mix_words(words, pos.astype(np.uint64), seed), word_start)
         return splitmix64(summed + lengths.astype(np.uint64) * _M2)
 
 
-def hash_strings(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """uint64 hash of each string/binary value; nulls map to a fixed sentinel."""
+def hash_strings(values: pa.Array | pa.ChunkedArray, seed: int = 0) -> np.ndarray:
+    """uint64 hash of each string/binary value; nulls map to a fixed sentinel.
+
+    Different seeds give independent hashes of the same bytes.
+    """
+    useed = np.uint64(seed)
     chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
     out = np.empty(sum(len(c) for c in chunks), dtype=np.uint64)
     pos = 0
     for chunk in chunks:
         if pa.types.is_dictionary(chunk.type):
             # Hash the few dictionary values once, gather by index.
-            dict_hash = hash_strings(chunk.dictionary)
+            dict_hash = hash_strings(chunk.dictionary, seed)
             idx = chunk.indices.fill_null(0).to_numpy(zero_copy_only=False)
             h = dict_hash[idx] if len(dict_hash) else np.zeros(len(chunk), np.uint64)
             valid = _validity(chunk)
@@ -118,7 +122,7 @@ def hash_strings(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
             part = chunk.slice(lo, _CHUNK_ROWS)
             # A fresh copy has offsets starting at zero, which _hash_binary_chunk relies on.
             part = pa.concat_arrays([part]) if part.offset else part
-            h = _hash_binary_chunk(part)
+            h = _hash_binary_chunk(part, useed)
             valid = _validity(part)
             if valid is not None:
                 h = np.where(valid, h, _NULL)
@@ -140,8 +144,11 @@ def hash_column(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     elif pa.types.is_integer(t) or pa.types.is_boolean(t):
         bits = pc.cast(values, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).view(np.uint64)
     elif pa.types.is_temporal(t):
-        # Casting via int64 keeps the unit, so a date and a timestamp of one instant differ; fine.
-        bits = pc.cast(values, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).view(np.uint64)
+        # 32-bit temporals cast to int64 only through int32. The unit is kept, so a date and a
+        # timestamp of one instant hash differently; a type change resends, which is right.
+        as_int = pa.int32() if t.bit_width == 32 else pa.int64()
+        ints = pc.cast(values, as_int).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        bits = ints.view(np.uint64)
     elif pa.types.is_null(t):
         return np.full(len(values), _NULL, dtype=np.uint64)
     else:
@@ -153,19 +160,26 @@ def hash_column(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return h
 
 
+_KEY_SEED = 0
+_ROW_KEY_SEED = 0x5BD1E995  # an independent hash of the key bytes, for row hashes
+
+
 def key_hash(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    return hash_strings(keys)
+    return hash_strings(keys, _KEY_SEED)
 
 
-def row_hash(columns: list[pa.Array | pa.ChunkedArray], key_hashes: np.ndarray) -> np.ndarray:
-    """Combine per-column hashes with distinct odd multipliers, then finalise.
+def row_hash(columns: list[pa.Array | pa.ChunkedArray], keys: pa.Array | pa.ChunkedArray | None) -> np.ndarray:
+    """Combine finalised column hashes with distinct odd multipliers, then finalise once.
 
-    The key hash is folded in so a key-hash collision between two different
-    members also shows up as a row difference, which the diff then verifies.
+    A change in any one column always changes the sum (odd multipliers are
+    invertible mod 2^64). The key bytes are folded in with a hash independent
+    of `key_hash`, so two members whose key hashes collide still differ here,
+    and the diff's verification of candidate updates catches the collision.
     """
+    n = len(keys) if keys is not None else (len(columns[0]) if columns else 0)
     with np.errstate(over="ignore"):
-        acc = key_hashes.copy()
+        acc = hash_strings(keys, _ROW_KEY_SEED) if keys is not None else np.zeros(n, np.uint64)
         for i, col in enumerate(columns):
             mult = np.uint64((0x9E3779B97F4A7C15 * (2 * i + 3)) & 0xFFFFFFFFFFFFFFFF) | np.uint64(1)
-            acc += splitmix64(hash_column(col) + np.uint64(i)) * mult
+            acc += hash_column(col) * mult
         return splitmix64(acc)

@@ -97,6 +97,6 @@ def build_payload(
         samples = [{"key": k, "reason": f"no usable identifier among {sorted(identifiers)}"} for k in sample_keys]
         table = table.filter(pa.array(usable))
     kh = key_hash(table[KEY])
-    rh = row_hash([table[c] for c in id_cols + field_cols], kh)
+    rh = row_hash([table[c] for c in id_cols + field_cols], table[KEY])
     table = table.append_column(KEY_HASH, pa.array(kh, pa.uint64())).append_column(ROW_HASH, pa.array(rh, pa.uint64()))
     return Payload(table, id_cols, field_cols, set_aside, samples, invalid)

@@ -296,10 +296,8 @@ def _still_sent(payload: Payload, old: pa.Table) -> np.ndarray:
     cols = payload.identifier_columns
     if not cols or old.num_rows == 0:
         return np.zeros(old.num_rows, dtype=bool)
-    zeros_new = np.zeros(payload.table.num_rows, np.uint64)
-    zeros_old = np.zeros(old.num_rows, np.uint64)
-    now = row_hash([payload.table[c] for c in cols], zeros_new)
-    before = row_hash([old[c] for c in cols], zeros_old)
+    now = row_hash([payload.table[c] for c in cols], None)
+    before = row_hash([old[c] for c in cols], None)
     return np.isin(before, now)
 
 
