@@ -6,6 +6,7 @@ in configuration, metadata or logs.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -16,9 +17,11 @@ from pydantic import PrivateAttr
 
 from audience_pipelines.config import build_destination, resolve_placeholders
 from audience_pipelines.destinations import Destination
-from audience_pipelines.engine import ConfigError, SnapshotStore
+from audience_pipelines.engine import ConfigError, SnapshotStore, SyncResult
+from audience_pipelines.engine.history import RunHistory, RunRecord
 
 HOME_ENV = "AUDIENCE_PIPELINES_HOME"
+HISTORY_URL_ENV = "AUDIENCE_PIPELINES_HISTORY_URL"
 DEMO_URL = "demo"
 
 
@@ -41,6 +44,36 @@ class AudienceStorage(dg.ConfigurableResource):
 
     def snapshot_store(self, sync: str) -> SnapshotStore:
         return SnapshotStore(self.root / "syncs", sync)
+
+    def history(self) -> RunHistory:
+        return open_history(self.root)
+
+    def record_result(self, r: SyncResult, started: dt.datetime) -> None:
+        history = self.history()
+        try:
+            history.record(RunRecord(
+                run_id=r.run_id, sync=r.sync, started_at=started, finished_at=dt.datetime.now(dt.timezone.utc),
+                status=r.status, mode=r.mode, added=r.added, removed=r.removed, updated=r.updated,
+                resent=r.resent, failed=r.failed, set_aside=r.set_aside, skipped=r.skipped,
+                duration_s=r.duration_s, destination_audience_id=r.destination_audience_id,
+                errors_sample=r.errors_sample, rejected_path=r.rejected_path))
+        finally:
+            history.close()
+
+    def record_failure(self, sync: str, run_id: str, started: dt.datetime, mode: str, exc: BaseException) -> None:
+        history = self.history()
+        now = dt.datetime.now(dt.timezone.utc)
+        try:
+            history.record(RunRecord(
+                run_id=run_id, sync=sync, started_at=started, finished_at=now, status="error", mode=mode,
+                duration_s=(now - started).total_seconds(), error=str(exc)[:4000] or type(exc).__name__))
+        finally:
+            history.close()
+
+
+def open_history(root: Path) -> RunHistory:
+    """The run-history table: $AUDIENCE_PIPELINES_HISTORY_URL, else SQLite beside the snapshots."""
+    return RunHistory(os.environ.get(HISTORY_URL_ENV) or f"sqlite:///{root / 'run_history.sqlite'}")
 
 
 class WarehouseResource(dg.ConfigurableResource):

@@ -5,6 +5,7 @@ import dagster as dg
 from audience_pipelines.components.catalog import find, where
 from audience_pipelines.components.entity import Entity
 from audience_pipelines.components.schedules import MANUAL, ScheduleChoice, build_schedule, cron_of
+from audience_pipelines.components.settings import schedules_running
 from audience_pipelines.engine import AudiencePipelinesError, ConfigError, build_membership
 from audience_pipelines.engine.membership import write_parquet_atomic
 from audience_pipelines.engine.warehouse import query_audience
@@ -99,5 +100,5 @@ class Audience(dg.Component, dg.Model, dg.Resolvable):
             )
 
         schedules = build_schedule(f"audience_{self.name}_schedule", self.schedule, key,
-                                   f"audience '{self.name}'")
+                                   f"audience '{self.name}'", running=schedules_running(context))
         return dg.Definitions(assets=[_audience], schedules=schedules)

@@ -42,3 +42,11 @@ def find(context: dg.ComponentLoadContext, of_type: type[T], name: str, *, owner
 
 def safe_name(name: str) -> str:
     return name.replace("-", "_")
+
+
+def find_optional(context: dg.ComponentLoadContext, of_type: type[T]) -> T | None:
+    """The single instance of a project-wide component, or None."""
+    found = context.component_tree.get_all_components(of_type=of_type)
+    if len(found) > 1:
+        raise ConfigError(f"{where(context)}: only one {of_type.__name__} may be declared, found {len(found)}")
+    return found[0] if found else None

@@ -22,6 +22,7 @@ class Destination(dg.Component, dg.Model, dg.Resolvable):
     type: str
     settings: dict[str, Any] = {}
     from_env: dict[str, str] = {}  # setting -> environment variable read when a run starts
+    pool: str | None = None  # a Dagster pool shared by every sync to this destination (rate limits)
 
     @property
     def resource_key(self) -> str:

@@ -1,11 +1,16 @@
-"""Schedule choices in YAML -> Dagster schedules."""
+"""Schedule choices in YAML -> Dagster schedules, and how often each choice fires."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 import dagster as dg
 from pydantic import BaseModel, ConfigDict
 
 from audience_pipelines.engine import ConfigError
+
+# Dagster's own cron parsing, so what we accept is exactly what its scheduler runs.
+from dagster._utils.schedules import cron_string_iterator, is_valid_cron_string  # noqa: E402
 
 PRESETS = {
     "every_15_minutes": "*/15 * * * *",
@@ -14,6 +19,9 @@ PRESETS = {
     "weekly": "0 6 * * 1",
 }
 MANUAL = "manual"
+ON_AUDIENCE_UPDATE = "on_audience_update"  # syncs only: declarative automation
+_WINDOW_START = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)  # a Monday
+_WINDOW = dt.timedelta(days=28)
 
 
 class CronSchedule(BaseModel):
@@ -25,23 +33,48 @@ class CronSchedule(BaseModel):
 ScheduleChoice = str | CronSchedule
 
 
-def cron_of(choice: ScheduleChoice, owner: str) -> tuple[str, str] | None:
-    """(cron, timezone) for a choice, None for manual."""
+def cron_of(choice: ScheduleChoice, owner: str, allow_automation: bool = False) -> tuple[str, str] | None:
+    """(cron, timezone) for a choice; None for manual and on_audience_update."""
     if isinstance(choice, CronSchedule):
+        if not is_valid_cron_string(choice.cron):
+            raise ConfigError(f"{owner}: '{choice.cron}' is not a valid cron string")
         return choice.cron, choice.timezone
-    if choice == MANUAL:
+    if choice == MANUAL or (allow_automation and choice == ON_AUDIENCE_UPDATE):
         return None
     if choice in PRESETS:
         return PRESETS[choice], "UTC"
-    raise ConfigError(f"{owner}: schedule '{choice}' is not one of {[MANUAL, *PRESETS]} or {{cron, timezone}}")
+    allowed = [MANUAL, *PRESETS] + ([ON_AUDIENCE_UPDATE] if allow_automation else [])
+    raise ConfigError(f"{owner}: schedule '{choice}' is not one of {allowed} or {{cron, timezone}}")
+
+
+def describe(choice: ScheduleChoice) -> str:
+    if isinstance(choice, CronSchedule):
+        return f"cron '{choice.cron}' ({choice.timezone})"
+    return choice
+
+
+def runs_per_four_weeks(choice: ScheduleChoice) -> int | None:
+    """How many times a schedule fires in four weeks; None when it is not time-based."""
+    cron = cron_of(choice, "schedule", allow_automation=True)
+    if cron is None:
+        return None
+    # Counting real ticks handles every cron shape (and DST) the same way Dagster does.
+    end = (_WINDOW_START + _WINDOW).timestamp()
+    count = 0
+    for tick in cron_string_iterator(_WINDOW_START.timestamp(), cron[0], cron[1]):
+        if tick.timestamp() >= end:
+            break
+        count += 1
+    return count
 
 
 def build_schedule(name: str, choice: ScheduleChoice, key: dg.AssetKey, owner: str,
                    running: bool = False) -> list[dg.ScheduleDefinition]:
-    cron = cron_of(choice, owner)
+    cron = cron_of(choice, owner, allow_automation=True)
     if cron is None:
         return []
     return [dg.ScheduleDefinition(
         name=name, cron_schedule=cron[0], execution_timezone=cron[1], target=dg.AssetSelection.assets(key),
         default_status=dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED,
+        description=f"{owner}: {describe(choice)}",
     )]

@@ -1,3 +1,6 @@
+import datetime as dt
+import warnings
+
 import dagster as dg
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
@@ -5,7 +8,10 @@ from pydantic import BaseModel, ConfigDict
 from audience_pipelines.components.audience import Audience, audience_key
 from audience_pipelines.components.catalog import find, where
 from audience_pipelines.components.destination import KIND_TAGS, Destination
-from audience_pipelines.components.schedules import MANUAL, ScheduleChoice, build_schedule, cron_of
+from audience_pipelines.components.schedules import (
+    MANUAL, ON_AUDIENCE_UPDATE, ScheduleChoice, build_schedule, cron_of, describe, runs_per_four_weeks,
+)
+from audience_pipelines.components.settings import FULL_RESYNC_TAG, schedules_running
 from audience_pipelines.destinations import Target
 from audience_pipelines.engine import (
     AudiencePipelinesError, ConfigError, RunOptions, SyncResult, SyncSpec, run_sync,
@@ -15,7 +21,11 @@ from audience_pipelines.resources import AudienceStorage
 
 FAILURE_RATE_CHECK = "failure_rate_below_threshold"
 BACKFILL_TAG = "dagster/backfill"
-FULL_RESYNC_TAG = "audience/full_resync"
+SYNC_TAG = "audience/sync"
+
+
+class ScheduleWarning(UserWarning):
+    """A sync scheduled more often than its audience is evaluated."""
 
 
 class TargetConfig(BaseModel):
@@ -27,6 +37,10 @@ class TargetConfig(BaseModel):
 class SyncRunConfig(dg.Config):
     full_resync: bool = False
     allow_mass_removal: bool = False
+
+
+def schedule_name(sync: str) -> str:
+    return f"sync_{sync}_schedule"
 
 
 def sync_key(name: str) -> dg.AssetKey:
@@ -87,7 +101,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
         for key, value, allowed in (("mode", self.mode, MODES), ("removal", self.removal, REMOVALS)):
             if value not in allowed:
                 raise ConfigError(f"{at}: {owner}, key '{key}': '{value}' is not one of {list(allowed)}")
-        cron_of(self.schedule, f"{at}: {owner}, key 'schedule'")
+        cron_of(self.schedule, f"{at}: {owner}, key 'schedule'", allow_automation=True)
         if self.identifiers is None:
             identifiers = {k: c for k, c in entity.identifiers.items() if k in caps.identifier_kinds}
         else:
@@ -131,18 +145,48 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             f"- mode: {spec.mode}; removal: {spec.removal}; mass-removal guard: {spec.max_removal_share:.0%}",
             f"- identifiers: {spec.identifiers or 'none (the key identifies members)'}",
             f"- fields: {spec.fields or 'none'}",
-            f"- schedule: {self.schedule if isinstance(self.schedule, str) else self.schedule.model_dump()}",
+            f"- schedule: {describe(self.schedule)}",
             f"- failure-rate threshold: {self.max_failure_rate:.0%}",
         ]
         if spec.default_region or spec.region_column:
             lines.append(f"- phone region: {spec.region_column or spec.default_region}")
         return "\n".join(lines)
 
+    def warn_if_faster_than_audience(self, context: dg.ComponentLoadContext, audience: Audience) -> None:
+        sync_runs = runs_per_four_weeks(self.schedule)
+        if sync_runs is None:
+            return
+        audience_runs = runs_per_four_weeks(audience.schedule)
+        if audience_runs is None or sync_runs > audience_runs:
+            evaluated = "never on a schedule (manual)" if audience_runs is None else describe(audience.schedule)
+            warnings.warn(ScheduleWarning(
+                f"{where(context)}: sync '{self.name}' runs {describe(self.schedule)} but its audience "
+                f"'{audience.name}' is evaluated {evaluated}; most sync runs will find nothing new. "
+                f"Consider schedule: {ON_AUDIENCE_UPDATE}."), stacklevel=2)
+
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         spec, audience, destination = self.spec(context)
+        self.warn_if_faster_than_audience(context, audience)
         key = sync_key(self.name)
         dest_key = destination.resource_key
         max_failure_rate = self.max_failure_rate
+
+        def _run(context: dg.AssetExecutionContext, storage: AudienceStorage, config: SyncRunConfig,
+                 full: bool) -> SyncResult:
+            path = storage.membership_path(spec.audience)
+            if not path.exists():
+                raise dg.Failure(f"sync '{spec.name}': audience '{spec.audience}' has not been materialized yet "
+                                 f"(no {path}); materialize audiences/{spec.audience} first")
+            members = pq.read_table(path)
+            context.log.info(f"sync '{spec.name}': {members.num_rows:,} members, "
+                             f"{'full resend' if full else 'diff'} run")
+            target = getattr(context.resources, dest_key).build(storage)
+            try:
+                return run_sync(spec, members, target, storage.snapshot_store(spec.name), RunOptions(
+                    run_id=context.run.run_id, full_resync=full, allow_mass_removal=config.allow_mass_removal,
+                    progress=context.log.info))
+            finally:
+                target.close()
 
         @dg.asset(
             key=key, deps=[audience_key(audience.name)], group_name="syncs",
@@ -152,29 +196,25 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             check_specs=[dg.AssetCheckSpec(FAILURE_RATE_CHECK, asset=key,
                                            description=f"Rows failed / rows sent at most {max_failure_rate:.0%}")],
             tags={"audience/destination": destination.name},
+            # One pool per sync (or per destination, to share its rate limit): with the pools'
+            # default limit of 1 in dagster.yaml, two runs of a sync never overlap; the second waits.
+            pool=destination.pool or f"sync_{self.name}",
+            automation_condition=dg.AutomationCondition.eager() if self.schedule == ON_AUDIENCE_UPDATE else None,
             metadata={"audience": audience.name, "destination": destination.name,
                       "destination_type": destination.type, "mode": spec.mode},
         )
         def _sync(context: dg.AssetExecutionContext, config: SyncRunConfig) -> dg.MaterializeResult:
             storage: AudienceStorage = context.resources.audience_storage
-            path = storage.membership_path(spec.audience)
-            if not path.exists():
-                raise dg.Failure(f"sync '{spec.name}': audience '{spec.audience}' has not been materialized yet "
-                                 f"(no {path}); materialize audiences/{spec.audience} first")
-            members = pq.read_table(path)
+            started = dt.datetime.now(dt.timezone.utc)
             full = is_full_resync(config, dict(context.run.tags))
-            context.log.info(f"sync '{spec.name}': {members.num_rows:,} members, "
-                             f"{'full resend' if full else 'diff'} run")
             try:
-                target = getattr(context.resources, dest_key).build(storage)
-                try:
-                    result = run_sync(spec, members, target, storage.snapshot_store(spec.name), RunOptions(
-                        run_id=context.run.run_id, full_resync=full, allow_mass_removal=config.allow_mass_removal,
-                        progress=context.log.info))
-                finally:
-                    target.close()
-            except AudiencePipelinesError as exc:
-                raise dg.Failure(description=str(exc)) from exc
+                result = _run(context, storage, config, full)
+            except Exception as exc:
+                storage.record_failure(spec.name, context.run.run_id, started, "full" if full else "diff", exc)
+                if isinstance(exc, AudiencePipelinesError):
+                    raise dg.Failure(description=str(exc)) from exc
+                raise
+            storage.record_result(result, started)
             return dg.MaterializeResult(
                 metadata=result_metadata(result),
                 check_results=[dg.AssetCheckResult(
@@ -185,5 +225,6 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                 )],
             )
 
-        schedules = build_schedule(f"sync_{self.name}_schedule", self.schedule, key, f"sync '{self.name}'")
+        schedules = build_schedule(schedule_name(self.name), self.schedule, key, f"sync '{self.name}'",
+                                   running=schedules_running(context))
         return dg.Definitions(assets=[_sync], schedules=schedules)
