@@ -1,0 +1,139 @@
+"""A small client for a running Dagster webserver's GraphQL API (backfills, schedules)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import httpx
+
+from audience_pipelines.engine import AudiencePipelinesError
+
+URL_ENV = "DAGSTER_WEBSERVER_URL"
+DEFAULT_URL = "http://127.0.0.1:3000"
+LOCATION = "audience_pipelines"
+REPOSITORY = "__repository__"
+
+LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidStepError { invalidStepKey }
+    ... on UnauthorizedError { message }
+  }
+}"""
+BACKFILL = """
+query($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { id status runs(limit: 100) { runId status tags { key value } } }
+    ... on PythonError { message }
+  }
+}"""
+SCHEDULE = """
+query($selector: ScheduleSelector!) {
+  scheduleOrError(scheduleSelector: $selector) {
+    __typename
+    ... on Schedule { name scheduleState { id selectorId status } }
+    ... on ScheduleNotFoundError { message }
+    ... on PythonError { message }
+  }
+}"""
+START_SCHEDULE = """
+mutation($selector: ScheduleSelector!) {
+  startSchedule(scheduleSelector: $selector) {
+    __typename
+    ... on ScheduleStateResult { scheduleState { status } }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+STOP_SCHEDULE = """
+mutation($id: String!) {
+  stopRunningSchedule(id: $id) {
+    __typename
+    ... on ScheduleStateResult { scheduleState { status } }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+
+
+class WebserverError(AudiencePipelinesError):
+    pass
+
+
+class Webserver:
+    def __init__(self, url: str | None = None, timeout_s: float = 30.0):
+        self.url = (url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+        self._http = httpx.Client(timeout=timeout_s)
+
+    def query(self, text: str, variables: dict) -> dict:
+        try:
+            response = self._http.post(f"{self.url}/graphql", json={"query": text, "variables": variables})
+        except httpx.TransportError as exc:
+            raise WebserverError(f"no Dagster webserver answered at {self.url} ({type(exc).__name__}); "
+                                 f"start one (dagster dev -w workspace.yaml) or pass --url / set {URL_ENV}") from exc
+        body = response.json() if response.content else {}
+        if response.status_code >= 400 or body.get("errors"):
+            raise WebserverError(f"{self.url}/graphql answered {response.status_code}: {body.get('errors') or response.text[:300]}")
+        return body["data"]
+
+    def launch_resend(self, syncs: list[str]) -> str:
+        """A Dagster asset backfill of the given syncs; every run of it resends full membership."""
+        params = {
+            "assetSelection": [{"path": ["syncs", s]} for s in syncs],
+            "allPartitions": True,  # required for unpartitioned assets
+            "tags": [{"key": "audience/reason", "value": "resend"}],
+            "title": "Resend full membership: " + ", ".join(syncs),
+        }
+        result = self.query(LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+        if result["__typename"] != "LaunchBackfillSuccess":
+            raise WebserverError(f"the backfill was not launched: {result.get('message') or result}")
+        return result["backfillId"]
+
+    def backfill_page(self, backfill_id: str) -> str:
+        return f"{self.url}/runs/b/{backfill_id}"
+
+    def backfill(self, backfill_id: str) -> dict:
+        result = self.query(BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]
+        if result["__typename"] != "PartitionBackfill":
+            raise WebserverError(f"backfill {backfill_id}: {result.get('message') or result['__typename']}")
+        return result
+
+    def wait_for_backfill(self, backfill_id: str, timeout_s: float = 600, poll_s: float = 2) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = self.backfill(backfill_id)
+            if state["status"] not in ("REQUESTED", "CANCELING"):
+                return state
+            if time.monotonic() > deadline:
+                raise WebserverError(f"backfill {backfill_id} still {state['status']} after {timeout_s:.0f}s")
+            time.sleep(poll_s)
+
+    def _selector(self, schedule: str) -> dict:
+        return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "scheduleName": schedule}
+
+    def schedule_status(self, schedule: str) -> dict:
+        result = self.query(SCHEDULE, {"selector": self._selector(schedule)})["scheduleOrError"]
+        if result["__typename"] != "Schedule":
+            raise WebserverError(f"schedule '{schedule}': {result.get('message') or result['__typename']}")
+        return result["scheduleState"]
+
+    def start_schedule(self, schedule: str) -> str:
+        result = self.query(START_SCHEDULE, {"selector": self._selector(schedule)})["startSchedule"]
+        if result["__typename"] != "ScheduleStateResult":
+            raise WebserverError(f"schedule '{schedule}' was not started: {result.get('message') or result}")
+        return result["scheduleState"]["status"]
+
+    def stop_schedule(self, schedule: str) -> str:
+        state = self.schedule_status(schedule)
+        result = self.query(STOP_SCHEDULE, {"id": state["id"]})["stopRunningSchedule"]
+        if result["__typename"] != "ScheduleStateResult":
+            raise WebserverError(f"schedule '{schedule}' was not stopped: {result.get('message') or result}")
+        return result["scheduleState"]["status"]
+
+    def close(self) -> None:
+        self._http.close()
