@@ -1,0 +1,200 @@
+"""Schedules, automation, pools and run history, with Dagster's own test helpers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+
+from audience_pipelines.cli import main as cli
+from audience_pipelines.definitions import defs as load_defs
+from audience_pipelines.engine.dispatch import _Progress
+from audience_pipelines.engine.history import RunHistory
+from audience_pipelines.resources import open_history
+from audience_pipelines_tests.dagster_helpers import materialize, metadata, project_defs
+
+AUDIENCE = """type: audience_pipelines.components.Audience
+attributes: {{name: aud_{name}, entity: customers, filter: "lifetime_value > 0", schedule: {audience}}}
+"""
+SYNC = """type: audience_pipelines.components.AudienceSync
+attributes: {{name: sync_{name}, audience: aud_{name}, destination: crm_table, schedule: {sync}}}
+"""
+
+
+def extra(name: str, audience: str, sync: str) -> dict[str, str]:
+    return {f"x_{name}/defs.yaml": AUDIENCE.format(name=name, audience=audience) + "---\n"
+            + SYNC.format(name=name, sync=sync)}
+
+
+@pytest.mark.parametrize("choice, when, cron", [
+    ("every_15_minutes", dt.datetime(2026, 3, 2, 10, 15), "*/15 * * * *"),
+    ("hourly", dt.datetime(2026, 3, 2, 10, 0), "0 * * * *"),
+    ("daily", dt.datetime(2026, 3, 2, 6, 0), "0 6 * * *"),
+    ("weekly", dt.datetime(2026, 3, 2, 6, 0), "0 6 * * 1"),  # a Monday
+    ('{cron: "30 8 * * 2", timezone: Europe/Paris}', dt.datetime(2026, 3, 3, 8, 30), "30 8 * * 2"),
+])
+def test_each_schedule_choice_targets_its_sync(home, choice, when, cron):
+    with project_defs(extra=extra("s", "hourly", choice)) as defs:
+        schedule = defs.resolve_schedule_def("sync_sync_s_schedule")
+        assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+        tz = dt.timezone.utc if "Paris" not in choice else __import__("zoneinfo").ZoneInfo("Europe/Paris")
+        ctx = dg.build_schedule_context(scheduled_execution_time=when.replace(tzinfo=tz))
+        data = schedule.evaluate_tick(ctx)
+        assert len(data.run_requests) == 1
+        job = defs.resolve_job_def(schedule.job_name)
+        assert job.asset_layer.executable_asset_keys == {dg.AssetKey(["syncs", "sync_s"])}
+        assert schedule.cron_schedule == cron
+        assert schedule.execution_timezone == ("Europe/Paris" if "Paris" in choice else "UTC")
+
+
+def test_manual_and_on_audience_update_create_no_schedule(home):
+    with project_defs(extra={**extra("m", "manual", "manual"), **extra("u", "daily", "on_audience_update")}) as defs:
+        names = {s.name for s in defs.schedules}
+        assert "sync_sync_m_schedule" not in names and "audience_aud_m_schedule" not in names
+        assert "sync_sync_u_schedule" not in names and "audience_aud_u_schedule" in names
+        spec = next(iter(defs.resolve_assets_def(dg.AssetKey(["syncs", "sync_u"])).specs))
+        assert spec.automation_condition is not None
+
+
+def test_settings_start_schedules_running(home):
+    settings = {"settings/defs.yaml": "type: audience_pipelines.components.Settings\nattributes: {schedules: running}\n"}
+    with project_defs(extra={**settings, **extra("r", "daily", "daily")}, drop=("settings",)) as defs:
+        assert defs.resolve_schedule_def("sync_sync_r_schedule").default_status == dg.DefaultScheduleStatus.RUNNING
+        sensor = defs.resolve_sensor_def("audience_sync_automation")
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_sync_faster_than_its_audience_warns_naming_both(home):
+    with pytest.warns(UserWarning, match=r"sync 'sync_f' runs hourly but its audience 'aud_f' is evaluated daily"):
+        with project_defs(extra=extra("f", "daily", "hourly")):
+            pass
+    with pytest.warns(UserWarning, match=r"audience 'aud_g' is evaluated never on a schedule"):
+        with project_defs(extra=extra("g", "manual", "daily")):
+            pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with project_defs(extra=extra("h", "hourly", "daily")):
+            pass
+
+
+def test_automation_requests_the_sync_after_its_audience_updates(home):
+    defs = load_defs()
+    instance = dg.DagsterInstance.ephemeral()
+    selection = dg.AssetSelection.assets(dg.AssetKey(["syncs", "high_value_to_crm"]))
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+    assert first.total_requested == 0  # the audience was never materialized
+    materialize(defs, "audiences/high_value_customers", instance=instance)
+    second = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
+                                               cursor=first.cursor)
+    assert second.get_num_requested(dg.AssetKey(["syncs", "high_value_to_crm"])) == 1
+    materialize(defs, "syncs/high_value_to_crm", instance=instance)
+    third = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
+                                              cursor=second.cursor)
+    assert third.total_requested == 0
+
+
+def test_syncs_have_pools_and_resend_job_is_tagged(home):
+    pool = {"dest/defs.yaml": """type: audience_pipelines.components.Destination
+attributes: {name: shared_dest, type: file, settings: {path: /tmp/x}, pool: meta_rate_limit}
+---
+type: audience_pipelines.components.AudienceSync
+attributes: {name: pooled, audience: churn_risk, destination: shared_dest}
+"""}
+    with project_defs(extra=pool) as defs:
+        assert defs.resolve_assets_def(dg.AssetKey(["syncs", "pooled"])).op.pool == "meta_rate_limit"
+        assert defs.resolve_assets_def(dg.AssetKey(["syncs", "churn_risk_to_crm"])).op.pool == "sync_churn_risk_to_crm"
+        job = defs.resolve_job_def("resend_full_membership")
+        assert job.tags["audience/full_resync"] == "true"
+
+
+def test_resend_job_resends_and_history_records_success_and_failure(home, capsys):
+    defs = load_defs()
+    instance = dg.DagsterInstance.ephemeral()
+    materialize(defs, "audiences/high_value_customers", "syncs/high_value_to_crm", instance=instance)
+    job = defs.resolve_job_def("resend_full_membership")
+    resend = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(["syncs", "high_value_to_crm"])])
+    resent = metadata(resend, "syncs/high_value_to_crm")["rows_resent"]
+    assert resent > 0
+    # An empty audience trips the guard: a failed run is recorded with its error.
+    path = home / "audiences" / "high_value_customers" / "membership.parquet"
+    pq.write_table(pq.read_table(path).slice(0, 0), path)
+    failed = materialize(defs, "syncs/high_value_to_crm", instance=instance, raise_on_error=False)
+    assert not failed.success
+    history = open_history(home)
+    records = history.list("high_value_to_crm")
+    history.close()
+    assert [r.status for r in records] == ["error", "success", "success"]
+    assert records[1].mode == "full" and records[1].resent == resent
+    assert "mass-removal guard" in records[0].error
+    assert cli(["runs", "high_value_to_crm"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" success ") == 2 and "error:" in out
+
+
+def test_forget_deletes_a_snapshot_only_when_confirmed(home, capsys):
+    defs = load_defs()
+    materialize(defs, "audiences/churn_risk", "syncs/churn_risk_to_crm", instance=dg.DagsterInstance.ephemeral())
+    folder = home / "syncs" / "churn_risk_to_crm"
+    assert cli(["forget", "churn_risk_to_crm"]) == 1 and folder.exists()
+    assert cli(["forget", "churn_risk_to_crm", "--yes"]) == 0 and not folder.exists()
+
+
+def test_progress_reports_rows_rate_and_time_left():
+    lines = []
+
+    class Options:
+        progress = staticmethod(lines.append)
+        progress_interval_s = 0.0
+
+    progress = _Progress(total=3000, batches=3, options=Options)
+    time = __import__("time")
+    time.sleep(0.01)
+    progress.batch_done(1000, 1)
+    progress.finish(3000, True)
+    assert lines[0].startswith("sent 1,000/3,000 rows (33%) in 1/3 batches") and "rows/s" in lines[0]
+    assert "s left" in lines[0] and lines[1].startswith("sent 3,000/3,000 rows in")
+
+
+def test_history_on_postgres(pg_schema):
+    url, _ = pg_schema
+    history = RunHistory(url)
+    from audience_pipelines.engine.history import RunRecord
+
+    now = dt.datetime.now(dt.timezone.utc)
+    history.record(RunRecord(run_id="r1", sync="s", started_at=now, finished_at=now, status="success", added=3))
+    history.record(RunRecord(run_id="r1", sync="s", started_at=now, finished_at=now, status="error", error="boom"))
+    records = history.list("s")
+    history.close()
+    assert [(r.run_id, r.status, r.error) for r in records] == [("r1", "error", "boom")]
+
+
+def test_deleting_a_sync_from_yaml_keeps_its_members_and_snapshot(home):
+    import duckdb
+
+    small = {"gone/defs.yaml": """type: audience_pipelines.components.Audience
+attributes: {name: top_spenders, entity: customers, filter: "lifetime_value > 5000"}
+---
+type: audience_pipelines.components.AudienceSync
+attributes: {name: top_to_crm, audience: top_spenders, destination: crm_table}
+"""}
+
+    def held() -> int:
+        con = duckdb.connect(str(home / "demo_crm.duckdb"), read_only=True)
+        try:
+            return con.execute("SELECT count(*) FROM audience_members WHERE audience = 'top_spenders'").fetchall()[0][0]
+        finally:
+            con.close()
+
+    instance = dg.DagsterInstance.ephemeral()
+    with project_defs(extra=small) as defs:
+        materialize(defs, "audiences/top_spenders", "syncs/top_to_crm", instance=instance)
+    before = held()
+    assert before > 0
+    with project_defs() as defs:  # the sync's YAML is gone
+        assert dg.AssetKey(["syncs", "top_to_crm"]) not in defs.resolve_all_asset_keys()
+        materialize(defs, "audiences/high_value_customers", "syncs/high_value_to_crm", instance=instance)
+    assert held() == before
+    assert (home / "syncs" / "top_to_crm" / "manifest.json").exists()
