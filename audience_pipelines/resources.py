@@ -51,12 +51,7 @@ class AudienceStorage(dg.ConfigurableResource):
     def record_result(self, r: SyncResult, started: dt.datetime) -> None:
         history = self.history()
         try:
-            history.record(RunRecord(
-                run_id=r.run_id, sync=r.sync, started_at=started, finished_at=dt.datetime.now(dt.timezone.utc),
-                status=r.status, mode=r.mode, added=r.added, removed=r.removed, updated=r.updated,
-                resent=r.resent, failed=r.failed, set_aside=r.set_aside, skipped=r.skipped,
-                duration_s=r.duration_s, destination_audience_id=r.destination_audience_id,
-                errors_sample=r.errors_sample, rejected_path=r.rejected_path))
+            history.record(RunRecord.from_result(r, started, dt.datetime.now(dt.timezone.utc)))
         finally:
             history.close()
 

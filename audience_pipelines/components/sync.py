@@ -21,7 +21,6 @@ from audience_pipelines.resources import AudienceStorage
 
 FAILURE_RATE_CHECK = "failure_rate_below_threshold"
 BACKFILL_TAG = "dagster/backfill"
-SYNC_TAG = "audience/sync"
 
 
 class ScheduleWarning(UserWarning):

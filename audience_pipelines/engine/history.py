@@ -60,6 +60,15 @@ class RunRecord:
     rejected_path: str | None = None
 
 
+    @classmethod
+    def from_result(cls, r, started_at: dt.datetime, finished_at: dt.datetime) -> "RunRecord":
+        """The record of a completed run (`r` is an engine SyncResult)."""
+        return cls(run_id=r.run_id, sync=r.sync, started_at=started_at, finished_at=finished_at,
+                   status=r.status, mode=r.mode, duration_s=r.duration_s,
+                   destination_audience_id=r.destination_audience_id, errors_sample=r.errors_sample,
+                   rejected_path=r.rejected_path, **{c: getattr(r, c) for c in COUNTS})
+
+
 class RunHistory:
     def __init__(self, url: str):
         self.engine = sa.create_engine(url)
