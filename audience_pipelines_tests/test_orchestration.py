@@ -37,7 +37,7 @@ def extra(name: str, audience: str, sync: str) -> dict[str, str]:
     ('{cron: "30 8 * * 2", timezone: Europe/Paris}', dt.datetime(2026, 3, 3, 8, 30), "30 8 * * 2"),
 ])
 def test_each_schedule_choice_targets_its_sync(home, choice, when, cron):
-    with project_defs(extra=extra("s", "hourly", choice)) as defs:
+    with project_defs(extra=extra("s", "every_15_minutes", choice)) as defs:
         schedule = defs.resolve_schedule_def("sync_sync_s_schedule")
         assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
         tz = dt.timezone.utc if "Paris" not in choice else __import__("zoneinfo").ZoneInfo("Europe/Paris")
