@@ -118,7 +118,7 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
             if col.type != f.type:
                 try:
                     col = col.cast(f.type)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                except pa.ArrowException:
                     col = pa.nulls(len(table), f.type)  # row hash still differs, so it is resent
             cols.append(col)
         else:
@@ -146,8 +146,10 @@ def run_sync(
         manifest = store.manifest()
         notes: list[str] = []
         old = None
+        audience_changed = bool(manifest and manifest.snapshot_file
+                                and manifest.destination_audience_id != audience_id)
         if manifest and manifest.snapshot_file:
-            if manifest.destination_audience_id != audience_id:
+            if audience_changed:
                 notes.append(
                     f"destination audience changed from {manifest.destination_audience_id} to {audience_id}; "
                     "the new audience gets the full membership and the old one is left as it is"
@@ -160,7 +162,7 @@ def run_sync(
         schema = payload.table.schema
         old = _conform(old, schema) if old is not None else schema.empty_table()
         pending = store.read_pending()
-        if pending is not None and not notes_audience_changed(notes):
+        if pending is not None and not audience_changed:
             pending = _conform(pending, schema)
             old = _with_uncertain(old, pending)
             notes.append(f"{pending.num_rows} rows from an interrupted run are sent again")
@@ -224,10 +226,6 @@ def run_sync(
             notes.append(f"could not read the audience size back: {type(exc).__name__}")
     result.duration_s = time.monotonic() - started
     return result
-
-
-def notes_audience_changed(notes: list[str]) -> bool:
-    return any(n.startswith("destination audience changed") for n in notes)
 
 
 _UNKNOWN = 0  # row hash meaning "state at the destination unknown": never equal to a real row
