@@ -154,3 +154,13 @@ def test_dates_and_times_hash():
             pa.array([dt.datetime(2026, 1, 1), None])]
     hashes = row_hash(cols, pa.array(["a", "b"]))
     assert len(set(hashes.tolist())) == 2
+
+
+def test_a_new_target_audience_gets_everyone_and_the_old_one_is_left_alone(tmp_path):
+    dest, store = MemoryDestination(), SnapshotStore(tmp_path, "crm_sync")
+    run_sync(SPEC, members(3), dest, store, RunOptions(run_id="r1"))
+    moved = SyncSpec(**{**SPEC.__dict__, "target": Target(name="vip_v2")})
+    result = run_sync(moved, members(2), dest, store, RunOptions(run_id="r2"))
+    assert (result.added, result.removed, result.mode) == (2, 0, "full")
+    assert any("destination audience changed from vip to vip_v2" in n for n in result.notes)
+    assert set(dest.members("vip")) == {"c0", "c1", "c2"} and set(dest.members("vip_v2")) == {"c0", "c1"}
