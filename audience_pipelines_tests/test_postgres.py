@@ -94,6 +94,10 @@ def test_empty_audience_is_stopped_by_the_mass_removal_guard(pg_project, home):
     message = blocked.get_step_failure_events()[0].step_failure_data.error.message
     assert f"would remove {len(held)} of the {len(held)} members" in message
     assert "mass-removal guard" in message and "Nothing was sent" in message
+    events = [r.dagster_event for r in instance.all_logs(blocked.run_id) if r.dagster_event]
+    guard = [e.event_specific_data for e in events
+             if e.event_type_value == "ASSET_CHECK_EVALUATION" and e.event_specific_data.check_name == "mass_removal_guard"]
+    assert len(guard) == 1 and not guard[0].passed and guard[0].metadata["would_remove"].value == len(held)
     assert sql_set(engine, HELD) == held
     assert (home / "syncs" / "high_value_to_crm" / "manifest.json").read_text() == manifest
     allowed = materialize(defs, SYNC, instance=instance,

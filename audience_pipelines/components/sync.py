@@ -14,12 +14,13 @@ from audience_pipelines.components.schedules import (
 from audience_pipelines.components.settings import FULL_RESYNC_TAG, schedules_running
 from audience_pipelines.destinations import Target
 from audience_pipelines.engine import (
-    AudiencePipelinesError, ConfigError, RunOptions, SyncResult, SyncSpec, run_sync,
+    AudiencePipelinesError, ConfigError, MassRemovalBlocked, RunOptions, SyncResult, SyncSpec, run_sync,
 )
 from audience_pipelines.engine.sync import MODES, REMOVALS
 from audience_pipelines.resources import AudienceStorage
 
 FAILURE_RATE_CHECK = "failure_rate_below_threshold"
+MASS_REMOVAL_CHECK = "mass_removal_guard"
 BACKFILL_TAG = "dagster/backfill"
 
 
@@ -192,8 +193,13 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             kinds={KIND_TAGS.get(destination.type, destination.type)},
             description=self.describe(spec, destination),
             required_resource_keys={"audience_storage", dest_key},
-            check_specs=[dg.AssetCheckSpec(FAILURE_RATE_CHECK, asset=key,
-                                           description=f"Rows failed / rows sent at most {max_failure_rate:.0%}")],
+            check_specs=[
+                dg.AssetCheckSpec(FAILURE_RATE_CHECK, asset=key,
+                                  description=f"Rows failed / rows sent at most {max_failure_rate:.0%}"),
+                dg.AssetCheckSpec(MASS_REMOVAL_CHECK, asset=key,
+                                  description=f"A run removes at most {spec.max_removal_share:.0%} of the members "
+                                              "the destination holds, unless allowed"),
+            ],
             tags={"audience/destination": destination.name},
             # One pool per sync (or per destination, to share its rate limit): with the pools'
             # default limit of 1 in dagster.yaml, two runs of a sync never overlap; the second waits.
@@ -210,18 +216,29 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                 result = _run(context, storage, config, full)
             except Exception as exc:
                 storage.record_failure(spec.name, context.run.run_id, started, "full" if full else "diff", exc)
+                if isinstance(exc, MassRemovalBlocked):
+                    # Shown as a failed check on the asset, beside the failed run.
+                    context.log_event(dg.AssetCheckEvaluation(
+                        asset_key=key, check_name=MASS_REMOVAL_CHECK, passed=False,
+                        severity=dg.AssetCheckSeverity.ERROR,
+                        metadata={"would_remove": exc.removes, "held": exc.held, "limit": exc.limit}))
                 if isinstance(exc, AudiencePipelinesError):
                     raise dg.Failure(description=str(exc)) from exc
                 raise
             storage.record_result(result, started)
             return dg.MaterializeResult(
                 metadata=result_metadata(result),
-                check_results=[dg.AssetCheckResult(
-                    check_name=FAILURE_RATE_CHECK, passed=result.failure_rate <= max_failure_rate,
-                    severity=dg.AssetCheckSeverity.ERROR,
-                    metadata={"failure_rate": result.failure_rate, "threshold": max_failure_rate,
-                              "rows_failed": result.failed, "rows_attempted": result.attempted},
-                )],
+                check_results=[
+                    dg.AssetCheckResult(
+                        check_name=FAILURE_RATE_CHECK, passed=result.failure_rate <= max_failure_rate,
+                        severity=dg.AssetCheckSeverity.ERROR,
+                        metadata={"failure_rate": result.failure_rate, "threshold": max_failure_rate,
+                                  "rows_failed": result.failed, "rows_attempted": result.attempted}),
+                    dg.AssetCheckResult(
+                        check_name=MASS_REMOVAL_CHECK, passed=True,
+                        metadata={"removed": result.removed, "held": result.held_before,
+                                  "limit": spec.max_removal_share, "allowed_this_run": config.allow_mass_removal}),
+                ],
             )
 
         schedules = build_schedule(schedule_name(self.name), self.schedule, key, f"sync '{self.name}'",

@@ -22,7 +22,9 @@ class SyncAlreadyRunning(AudiencePipelinesError):
 
 
 class MassRemovalBlocked(AudiencePipelinesError):
-    pass
+    def __init__(self, message: str, *, removes: int, held: int, limit: float):
+        super().__init__(message)
+        self.removes, self.held, self.limit = removes, held, limit
 
 
 class DestinationError(AudiencePipelinesError):

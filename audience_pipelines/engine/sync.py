@@ -87,6 +87,7 @@ class SyncResult:
     unchanged: int = 0
     membership_rows: int = 0
     snapshot_rows: int = 0
+    held_before: int = 0  # members the destination held (as far as we knew) when the run started
     invalid_identifiers: dict[str, int] = field(default_factory=dict)
     destination_stats: dict[str, int] = field(default_factory=dict)
     errors_sample: list[dict] = field(default_factory=list)
@@ -173,7 +174,7 @@ def run_sync(
             sync=spec.name, run_id=options.run_id,
             mode="full" if (options.full_resync or first_run) else "diff",
             sync_mode=spec.mode, destination_audience_id=audience_id,
-            membership_rows=members.num_rows, set_aside=payload.set_aside,
+            membership_rows=members.num_rows, set_aside=payload.set_aside, held_before=old.num_rows,
             set_aside_sample=payload.set_aside_samples, invalid_identifiers=payload.invalid_identifiers,
             notes=notes,
         )
@@ -285,7 +286,8 @@ def _guard_mass_removal(spec: SyncSpec, plan: DiffPlan, held: int, options: RunO
             f"({share:.0%}), more than its mass-removal guard allows ({spec.max_removal_share:.0%}); "
             f"the audience now has {plan.counts['adds'] + plan.counts['updates'] + plan.counts['unchanged']} "
             "rows. Nothing was sent and the snapshot is unchanged. If the removal is intended, rerun with "
-            "allow_mass_removal: true in the run config."
+            "allow_mass_removal: true in the run config.",
+            removes=removes, held=held, limit=spec.max_removal_share,
         )
 
 
