@@ -266,6 +266,18 @@ def _results(tables: dict, phases: dict, wall: float) -> dict:
     return out
 
 
+def _lap_timer():
+    """A dict of phase durations and a `lap(name)` that closes the current phase."""
+    phases, last = {}, [time.perf_counter()]
+
+    def lap(name):
+        now = time.perf_counter()
+        phases[name] = now - last[0]
+        last[0] = now
+
+    return phases, lap
+
+
 def worker_engine(data: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -278,14 +290,8 @@ def worker_engine(data: Path) -> dict:
     pq.read_table(data / TINY_MEMBERS, read_dictionary=dict_cols)  # warm-up
     pq.read_table(data / TINY_SNAPSHOT, columns=old_cols)
 
-    phases = {}
-    t_start = t = time.perf_counter()
-
-    def lap(name):
-        nonlocal t
-        now = time.perf_counter()
-        phases[name] = now - t
-        t = now
+    phases, lap = _lap_timer()
+    t_start = time.perf_counter()
 
     new = pq.read_table(data / MEMBERS, read_dictionary=dict_cols)
     lap("read_new")
@@ -318,14 +324,8 @@ def worker_duckdb(data: Path) -> dict:
     con.sql(f"SELECT * FROM read_parquet({_sql_path(data / TINY_MEMBERS)})").to_arrow_table()  # warm-up
     con.sql(f"SELECT * FROM read_parquet({_sql_path(data / TINY_SNAPSHOT)})").to_arrow_table()
 
-    phases = {}
-    t_start = t = time.perf_counter()
-
-    def lap(name):
-        nonlocal t
-        now = time.perf_counter()
-        phases[name] = now - t
-        t = now
+    phases, lap = _lap_timer()
+    t_start = time.perf_counter()
 
     con.execute(f"CREATE VIEW n AS SELECT * FROM read_parquet({_sql_path(data / MEMBERS)})")
     con.execute(f"CREATE VIEW o AS SELECT * FROM read_parquet({_sql_path(data / SNAPSHOT)})")
