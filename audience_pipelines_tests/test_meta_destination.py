@@ -1,6 +1,7 @@
 """Meta Custom Audiences end to end: run_sync against the FakeMeta server, asserting its final state."""
 
 import hashlib
+import json
 
 import pyarrow as pa
 import pytest
@@ -186,8 +187,92 @@ def test_invalid_entries_are_counted(meta, store):
     rows = simple(4)
     meta.inject_invalid([h("user1@example.com"), "u3"])
     result = run(meta, store, table(rows), "r1")
-    assert result.destination_stats == {"num_received": 4, "num_invalid_entries": 2}
+    assert result.destination_stats["num_received"] == 4 and result.destination_stats["num_invalid_entries"] == 2
     assert meta.members(result.destination_audience_id) == simple_rows({k: rows[k] for k in ("k0", "k2")})
+
+
+def rejected_rows(result) -> dict[str, str]:
+    import pyarrow.parquet as pq
+    t = pq.read_table(result.rejected_path)
+    return dict(zip(t["key"].to_pylist(), t["operation"].to_pylist()))
+
+
+@pytest.mark.parametrize("samples", [10, 0], ids=["ten-samples", "counts-only"])
+def test_adds_meta_did_not_apply_fail_and_are_retried(meta, store, samples):
+    members = simple(482)
+    bad = {f"k{i}" for i in range(1, 482, 10)}  # 49 members
+    meta.inject_invalid([members[k]["ext"] for k in bad], samples=samples)
+    first = run(meta, store, table(members), "r1")
+    aid = first.destination_audience_id
+    assert (first.added, first.failed) == (433, 49)
+    assert rejected_rows(first) == dict.fromkeys(bad, "add")
+    assert all("Meta" in e["reason"] for e in first.errors_sample)
+    assert set(store.read()["key"].to_pylist()) == set(members) - bad
+    assert meta.members(aid) == simple_rows({k: v for k, v in members.items() if k not in bad})
+
+    meta.clear_invalid()
+    second = run(meta, store, table(members), "r2")
+    assert (second.added, second.failed) == (49, 0)
+    assert meta.members(aid) == simple_rows(members)
+    assert set(store.read()["key"].to_pylist()) == set(members)
+
+
+def test_removes_meta_did_not_apply_fail_and_are_retried(meta, store):
+    members = simple(40)
+    first = run(meta, store, table(members), "r1")
+    aid = first.destination_audience_id
+    leavers = {f"k{i}" for i in range(20)}
+    stuck = {f"k{i}" for i in range(0, 20, 2)}  # 10 removals Meta does not apply
+    meta.inject_invalid([members[k]["ext"] for k in stuck], samples=3)
+    stay = {k: v for k, v in members.items() if k not in leavers}
+    second = run(meta, store, table(stay), "r2", max_removal_share=1.0)
+    assert (second.removed, second.failed) == (10, 10)
+    assert rejected_rows(second) == dict.fromkeys(stuck, "remove")
+    assert set(store.read()["key"].to_pylist()) == set(stay) | stuck  # still held: retried next run
+    assert meta.members(aid) == simple_rows(stay) | simple_rows({k: members[k] for k in stuck})
+
+    meta.clear_invalid()
+    third = run(meta, store, table(stay), "r3", max_removal_share=1.0)
+    assert (third.removed, third.failed) == (10, 0)
+    assert meta.members(aid) == simple_rows(stay)
+    assert set(store.read()["key"].to_pylist()) == set(stay)
+
+
+def test_update_whose_new_values_meta_did_not_apply_is_retried(meta, store):
+    members = simple(6)
+    first = run(meta, store, table(members), "r1")
+    aid = first.destination_audience_id
+    changed = {**members, "k1": {"email": "new1@example.com", "ext": "u1"},
+               "k4": {"email": "new4@example.com", "ext": "u4"}}
+    meta.inject_invalid([h("new4@example.com")], samples=0)
+    second = run(meta, store, table(changed), "r2")
+    assert (second.updated, second.failed) == (1, 1) and rejected_rows(second) == {"k4": "update"}
+    meta.clear_invalid()
+    third = run(meta, store, table(changed), "r3")
+    assert (third.updated, third.failed) == (1, 0)
+    assert meta.members(aid) == simple_rows(changed)
+
+
+def test_received_fewer_rows_than_sent_is_not_committed(meta, store, monkeypatch):
+    """An answer that counts fewer rows received than sent names none of them: the engine finds them."""
+    members = simple(8)
+    original = FakeMeta._users
+
+    def drops_k5(self, req, params, aid, remove):
+        payload = json.loads(req.body)["payload"]
+        kept = [r for r in payload["data"] if r[1] != "u5"]
+        req.body = json.dumps({**json.loads(req.body), "payload": {**payload, "data": kept}}).encode()
+        answer = original(self, req, {**params, "payload": {**payload, "data": kept}}, aid, remove)
+        return {**answer, "num_received": len(kept)}
+
+    monkeypatch.setattr(FakeMeta, "_users", drops_k5)
+    first = run(meta, store, table(members), "r1")
+    assert (first.added, first.failed) == (7, 1) and rejected_rows(first) == {"k5": "add"}
+    assert "num_received" in first.errors_sample[0]["reason"]
+    monkeypatch.setattr(FakeMeta, "_users", original)
+    second = run(meta, store, table(members), "r2")
+    assert (second.added, second.failed) == (1, 0)
+    assert meta.members(first.destination_audience_id) == simple_rows(members)
 
 
 def test_bad_token_stops_before_anything_is_committed(meta, store):
@@ -246,3 +331,60 @@ def test_removing_a_duplicate_keeps_the_shared_row(meta, store):
         identifiers={"email": "email"})
     assert set(store.read()["key"].to_pylist()) == {"b", "c"}
     assert meta.members(aid) == {row(EMAIL=h("same@example.com")), row(EMAIL=h("c@example.com"))}
+
+
+def shared_email_members(n: int) -> dict:
+    """n customers; c0 and c1 share an email, each with a phone of their own."""
+    rows = {f"c{i}": {"email": f"c{i}@example.com", "phone": f"+1415555{i:04d}"} for i in range(n)}
+    rows["c1"]["email"] = rows["c0"]["email"]
+    return rows
+
+
+def meta_rows(rows: dict) -> set:
+    return {row(EMAIL=h(r["email"]), PHONE=h(r["phone"].lstrip("+"))) if r.get("phone") else row(EMAIL=h(r["email"]))
+            for r in rows.values()}
+
+
+EMAIL_PHONE = {"email": "email", "phone": "phone"}
+
+
+def test_leaver_sharing_an_email_does_not_take_the_stayer_out(meta, store):
+    members = shared_email_members(171)
+    first = run(meta, store, table(members, columns=("email", "phone")), "r1", identifiers=EMAIL_PHONE)
+    aid = first.destination_audience_id
+    assert len(meta.members(aid)) == 171
+    n = len(meta.requests)
+    stay = {k: v for k, v in members.items() if k != "c1"}
+    second = run(meta, store, table(stay, columns=("email", "phone")), "r2", identifiers=EMAIL_PHONE)
+    assert meta.members(aid) == meta_rows(stay) and len(meta.members(aid)) == 170
+    assert (second.removed, second.failed, second.shared_not_withdrawn) == (1, 0, 0)
+    # The removal carried only the leaver's own phone.
+    deletes = [r for r in meta.requests[n:] if r.path.endswith("/users") and r.method == "DELETE"]
+    assert [d.n_rows for d in deletes] == [1]
+
+
+def test_leaver_whose_identifiers_are_all_still_sent_is_not_withdrawn(meta, store):
+    members = {"a": {"email": "same@example.com"}, "b": {"email": "same@example.com", "phone": "+14155550001"},
+               "c": {"email": "c@example.com"}}
+    first = run(meta, store, table(members, columns=("email", "phone")), "r1", identifiers=EMAIL_PHONE)
+    aid = first.destination_audience_id
+    n = len(meta.requests)
+    stay = {k: members[k] for k in ("b", "c")}
+    second = run(meta, store, table(stay, columns=("email", "phone")), "r2", identifiers=EMAIL_PHONE)
+    assert (second.removed, second.shared_not_withdrawn, second.failed) == (0, 1, 0)
+    assert not [r for r in meta.requests[n:] if r.method == "DELETE"]
+    assert set(store.read()["key"].to_pylist()) == {"b", "c"}
+    assert row(EMAIL=h("same@example.com"), PHONE=h("14155550001")) in meta.members(aid)
+    assert any("not withdrawn" in note for note in second.notes)
+
+
+def test_identifier_change_withdraws_only_the_old_value(meta, store):
+    members = {"a": {"email": "a@example.com", "phone": "+14155550001"},
+               "b": {"email": "b@example.com", "phone": "+14155550002"}}
+    run(meta, store, table(members, columns=("email", "phone")), "r1", identifiers=EMAIL_PHONE)
+    aid = meta.audience_id_by_name("vip")
+    moved = {**members, "a": {"email": "a@example.com", "phone": "+14155550009"},
+             "b": {"email": "a@example.com", "phone": "+14155550002"}}  # b now shares a's email
+    second = run(meta, store, table(moved, columns=("email", "phone")), "r2", identifiers=EMAIL_PHONE)
+    assert (second.updated, second.failed) == (2, 0)
+    assert meta.members(aid) == meta_rows(moved)

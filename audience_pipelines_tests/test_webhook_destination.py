@@ -61,9 +61,7 @@ def snapshot_keys(store) -> set:
 
 
 def clear_rejections(hook):
-    # FakeWebhook.reject_ids is persistent and has no public "clear"; reach into its state.
-    with hook._lock:
-        hook._rejects.clear()
+    hook.clear_rejections()
 
 
 
@@ -160,6 +158,23 @@ def test_rejected_rows_are_recorded_and_retried_next_run(hook, store):
     fourth = run(hook, store, smaller, "r4")
     assert (fourth.removed, fourth.failed) == (1, 0)
     assert hook.members == {"vip": expected(smaller)} and snapshot_keys(store) == set(smaller)
+
+
+@pytest.mark.parametrize("named_by", [("id",), ()], ids=["by-id", "unnamed"])
+def test_rejections_that_do_not_give_an_index_are_found(hook, store, named_by):
+    rows = {f"k{i}": (f"u{i}@example.com", "gold") for i in range(20)}
+    hook.reject_ids(["k3", "k17"], error="invalid email")
+    hook.name_results_by(*named_by)
+    first = run(hook, store, rows, "r1")
+    assert (first.added, first.failed) == (18, 2)
+    assert {r["key"]: r["reason"] for r in pq.read_table(first.rejected_path).to_pylist()} == {
+        "k3": "invalid email" if named_by else "webhook did not apply the row: invalid email",
+        "k17": "invalid email" if named_by else "webhook did not apply the row: invalid email"}
+    assert snapshot_keys(store) == set(rows) - {"k3", "k17"}
+    assert hook.replays == 0  # every part sent again had a key of its own
+    clear_rejections(hook)
+    second = run(hook, store, rows, "r2")
+    assert (second.added, second.failed) == (2, 0) and hook.members == {"vip": expected(rows)}
 
 
 def test_throttles_and_server_errors_are_retried(hook, store):

@@ -25,6 +25,10 @@ class Capabilities:
     hashes_identifiers: bool = False
     # Ad platforms match on identifiers only, so a row with none is unsendable.
     requires_identifier: bool = False
+    # Identifier kinds the platform matches a person on by themselves. A removal must
+    # never carry a value of these that a current member still sends (it would take
+    # that member out too). Empty: the platform matches rows by key.
+    match_identifiers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -45,13 +49,30 @@ class BatchContext:
     operation: str  # add | remove | update
     seq: int  # 1-based across the whole run, for idempotency keys and sessions
     last: bool
+    # Set when part of a batch is sent again to find the rows the platform did not
+    # apply ("1", "2", "2.1", ...); idempotency keys and sessions must include it.
+    part: str = ""
+
+    @property
+    def request_id(self) -> str:
+        """Unique per request of a run: sync, run, batch and part."""
+        base = f"{self.sync}:{self.run_id}:{self.seq}"
+        return f"{base}:{self.part}" if self.part else base
 
 
 @dataclass
 class BatchResult:
-    """Row positions (within the batch) the destination rejected, with reasons."""
+    """What the platform did with a batch.
+
+    `rejected`: row positions (within the batch) not applied, with reasons.
+    `unapplied`: rows the platform says it did not apply without naming them (a
+    count such as Meta's `num_invalid_entries` beyond its samples). The engine
+    finds them by sending parts of the batch again; they are never committed.
+    """
 
     rejected: dict[int, str] = field(default_factory=dict)
+    unapplied: int = 0
+    unapplied_reason: str = ""
     stats: dict[str, int] = field(default_factory=dict)
 
 

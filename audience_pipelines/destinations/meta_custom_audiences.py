@@ -15,7 +15,9 @@ import time
 from typing import ClassVar, Literal
 
 import httpx
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from audience_pipelines.destinations.base import BatchContext, BatchResult, Capabilities, Destination, Target
@@ -66,11 +68,27 @@ def throttle_delay(response: httpx.Response) -> float | None:
     return None
 
 
+def _sent_columns(rows: pa.Table) -> list[str]:
+    return [c for c in rows.column_names if c not in (KEY, KEY_HASH, ROW_HASH)]
+
+
+def _rows_named(rows: pa.Table, samples: dict) -> dict[int, str]:
+    """Positions of the rows holding a value that Meta's invalid_entry_samples names, with its reason."""
+    named: dict[int, str] = {}
+    for c in _sent_columns(rows):
+        hit = pc.is_in(rows[c], value_set=pa.array([str(v) for v in samples], pa.string()))
+        for i in np.flatnonzero(np.asarray(hit.fill_null(False), dtype=bool)):
+            value = rows[c][int(i)].as_py()
+            named.setdefault(int(i), f"Meta invalid entry ({c}): {samples[value]}")
+    return named
+
+
 class MetaCustomAudiencesDestination(Destination):
     type_name = "meta_custom_audiences"
     capabilities: ClassVar[Capabilities] = Capabilities(
         identifier_kinds=frozenset(META_FIELDS), max_batch_rows=MAX_ROWS, accepts_fields=False,
         can_list_audiences=True, hashes_identifiers=True, requires_identifier=True,
+        match_identifiers=frozenset({"email", "phone", "external_id", "device_id"}),
     )
     settings_model = MetaSettings
     secret_settings: ClassVar[tuple[str, ...]] = ("access_token", "app_secret")
@@ -125,21 +143,34 @@ class MetaCustomAudiencesDestination(Destination):
             "customer_file_source": self.settings.customer_file_source})
         return str(created["id"])
 
-    def _payload(self, rows: pa.Table, ctx: BatchContext) -> dict:
-        cols = [c for c in rows.column_names if c not in (KEY, KEY_HASH, ROW_HASH)]
+    def _payload(self, method: str, rows: pa.Table, ctx: BatchContext) -> dict:
+        cols = _sent_columns(rows)
         data = [["" if v is None else v for v in row] for row in zip(*(rows[c].to_pylist() for c in cols))]
-        session = {"session_id": int(hashlib.sha256(f"{ctx.sync}:{ctx.run_id}:{ctx.operation}".encode())
-                                     .hexdigest()[:15], 16),
-                   "batch_seq": ctx.seq, "last_batch_flag": ctx.last}
+        # One session per operation and method; a part of a batch sent again gets its own.
+        scope = f"{ctx.request_id if ctx.part else ctx.sync + ':' + ctx.run_id}:{ctx.operation}:{method}"
+        session = {"session_id": int(hashlib.sha256(scope.encode()).hexdigest()[:15], 16),
+                   "batch_seq": 1 if ctx.part else ctx.seq, "last_batch_flag": bool(ctx.part) or ctx.last}
         return {"payload": {"schema": cols, "data": data}, "session": session}
 
     def _users(self, method: str, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult:
         if rows.num_rows == 0:
             return BatchResult()
-        body = self._call(method, f"{audience_id}/users", json=self._payload(rows, ctx))
+        body = self._call(method, f"{audience_id}/users", json=self._payload(method, rows, ctx))
+        received = int(body.get("num_received") or 0)
         invalid = int(body.get("num_invalid_entries") or 0)
-        # Meta reports invalid entries only as a count: the rows were received, not rejected.
-        return BatchResult(stats={"num_received": int(body.get("num_received") or 0), "num_invalid_entries": invalid})
+        result = BatchResult(stats={"num_received": received, "num_invalid_entries": invalid})
+        # Meta names at most a few invalid entries (value -> reason); the rest are only counted.
+        samples = body.get("invalid_entry_samples") or {}
+        if invalid and isinstance(samples, dict):
+            result.rejected = _rows_named(rows, samples)
+        missing = max(0, rows.num_rows - received) if "num_received" in body else 0
+        result.unapplied = max(0, invalid - len(result.rejected)) + missing
+        if result.unapplied:
+            reasons = sorted({str(r) for r in samples.values()}) if isinstance(samples, dict) else []
+            result.unapplied_reason = (f"Meta did not apply the row (num_invalid_entries {invalid}, "
+                                       f"num_received {received} of {rows.num_rows})"
+                                       + (f"; reasons given: {'; '.join(reasons)[:200]}" if reasons else ""))
+        return result
 
     def add(self, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult:
         return self._users("POST", audience_id, rows, ctx)
@@ -148,9 +179,19 @@ class MetaCustomAudiencesDestination(Destination):
         return self._users("DELETE", audience_id, rows, ctx)
 
     def update(self, audience_id: str, rows: pa.Table, previous: pa.Table, ctx: BatchContext) -> BatchResult:
-        # An identifier changed: take the old hashes out, then add the new ones.
-        self._users("DELETE", audience_id, previous, ctx)
-        return self._users("POST", audience_id, rows, ctx)
+        # An identifier changed: take the old values out, then add the new ones. A member whose
+        # old values were not taken out is not updated: the next run withdraws them again.
+        withdrawn = self._users("DELETE", audience_id, previous, ctx)
+        added = self._users("POST", audience_id, rows, ctx)
+        position = {k: i for i, k in enumerate(rows[KEY].to_pylist())}
+        prev_keys = previous[KEY].to_pylist()
+        for i, reason in withdrawn.rejected.items():
+            added.rejected.setdefault(position[prev_keys[i]], f"old values not withdrawn: {reason}")
+        added.unapplied += withdrawn.unapplied
+        added.unapplied_reason = added.unapplied_reason or withdrawn.unapplied_reason
+        for k, v in withdrawn.stats.items():
+            added.stats[k] = added.stats.get(k, 0) + v
+        return added
 
     def audience_size(self, audience_id: str) -> int | None:
         body = self._call("GET", audience_id, params={"fields": "approximate_count_lower_bound"})

@@ -71,12 +71,12 @@ class WebhookDestination(Destination):
     def _send(self, audience_id: str, ctx: BatchContext, **groups: list[dict]) -> BatchResult:
         body = {
             "audience": {"id": audience_id, "name": audience_id},
-            "batch": {"run_id": ctx.run_id, "seq": ctx.seq, "last": ctx.last},
+            "batch": {"run_id": ctx.run_id, "seq": ctx.seq, "last": ctx.last, **({"part": ctx.part} if ctx.part else {})},
             **{k: v for k, v in groups.items() if v},
             "sent_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         # The key covers sync, run and batch, so a retried or replayed batch is recognised.
-        key = hashlib.sha256(f"{ctx.sync}:{ctx.run_id}:{ctx.seq}".encode()).hexdigest()
+        key = hashlib.sha256(ctx.request_id.encode()).hexdigest()
         raw = json.dumps(body, separators=(",", ":"), default=str).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": key, "X-Timestamp": str(int(time.time()))}
         if self.settings.secret:
@@ -89,15 +89,25 @@ class WebhookDestination(Destination):
         if response.status_code >= 400:
             raise DestinationError(f"webhook answered HTTP {response.status_code}: {response.text[:200]}",
                                    status=response.status_code)
-        rejected: dict[int, str] = {}
         try:
             results = response.json().get("results") or [] if response.content else []
         except (ValueError, AttributeError):
             results = []
+        result = BatchResult()
+        ids = {str(rec["id"]): i for i, rec in enumerate(r for g in groups.values() for r in g)}
         for r in results:
-            if isinstance(r, dict) and r.get("status") not in (None, "ok", "accepted"):
-                rejected[int(r["index"])] = str(r.get("error") or r.get("status"))
-        return BatchResult(rejected=rejected)
+            if not isinstance(r, dict) or r.get("status") in (None, "ok", "accepted"):
+                continue
+            reason = str(r.get("error") or r.get("status"))
+            index = r.get("index")
+            if not (isinstance(index, int) and 0 <= index < len(ids)):
+                index = ids.get(str(r.get("id")))
+            if index is not None:
+                result.rejected[index] = reason
+            else:  # a failure that names no row: the engine finds it
+                result.unapplied += 1
+                result.unapplied_reason = f"webhook did not apply the row: {reason}"
+        return result
 
     def add(self, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult:
         return self._send(audience_id, ctx, added=_records(rows))

@@ -3,25 +3,45 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from audience_pipelines.destinations.base import BatchContext, BatchResult, Destination
 from audience_pipelines.engine.diff import KEY
+
+
+# Extra requests a run may spend finding rows a platform counted as not applied
+# without naming them; rows still unnamed after that fail and are retried next run.
+MAX_ISOLATION_REQUESTS = 1000
 
 
 @dataclass
 class Operation:
     name: str  # remove | update | add | resend
     counter: str  # SyncResult attribute counting accepted rows
-    positions: np.ndarray  # rows of `table` to send
+    positions: np.ndarray  # rows of `table` this operation covers
     table: pa.Table
-    previous: pa.Table | None = None  # old snapshot, for updates
-    previous_positions: np.ndarray | None = None
-    silent: np.ndarray | None = None  # rows committed as done without being sent (see sync._still_sent)
-    previous_silent: np.ndarray | None = None  # previous rows not to withdraw
+    sent: pa.Table | None = None  # what leaves for each position, when not table.take(positions)
+    silent: np.ndarray | None = None  # positions committed as done without being sent
+    previous_positions: np.ndarray | None = None  # updates: the snapshot rows they replace
+    previous_sent: pa.Table | None = None  # updates: what to withdraw, aligned with previous_positions
+    previous_silent: np.ndarray | None = None  # updates: previous rows with nothing to withdraw
+
+    def batch(self, lo: int, hi: int) -> tuple[pa.Table, np.ndarray, pa.Table | None]:
+        """Rows to send for positions[lo:hi], which of those positions they are, and the previous rows."""
+        send = np.ones(hi - lo, dtype=bool) if self.silent is None else ~self.silent[lo:hi]
+        if self.sent is not None:
+            rows = self.sent.slice(lo, hi - lo).filter(pa.array(send))
+        else:
+            rows = self.table.take(pa.array(self.positions[lo:hi][send], pa.int64()))
+        previous = None
+        if self.previous_sent is not None:
+            keep = np.ones(hi - lo, dtype=bool) if self.previous_silent is None else ~self.previous_silent[lo:hi]
+            previous = self.previous_sent.slice(lo, hi - lo).filter(pa.array(keep))
+        return rows, np.flatnonzero(send), previous
 
 
 @dataclass
@@ -43,6 +63,7 @@ class Dispatcher:
         self.options = options
         cap = destination.capabilities.max_batch_rows
         self.batch_size = min(batch_size, cap) if batch_size else cap
+        self.isolation_left = MAX_ISOLATION_REQUESTS
 
     def run(self, ops: list[Operation]) -> Outcome:
         # Nothing is accepted until the destination says so.
@@ -53,40 +74,23 @@ class Dispatcher:
         progress = _Progress(outcome.rows_total, len(batches), self.options)
         for seq, (op, lo) in enumerate(batches, start=1):
             hi = min(lo + self.batch_size, len(op.positions))
-            send = np.ones(hi - lo, dtype=bool) if op.silent is None else ~op.silent[lo:hi]
-            rows = op.table.take(pa.array(op.positions[lo:hi][send], pa.int64()))
+            rows, sent_at, previous = op.batch(lo, hi)
             ctx = BatchContext(self.sync, self.options.run_id, "add" if op.name == "resend" else op.name,
                                seq, seq == len(batches))
             try:
-                if rows.num_rows == 0:
-                    res = BatchResult()
-                elif op.name == "remove":
-                    res = self.destination.remove(self.audience_id, rows, ctx)
-                elif op.name == "update":
-                    prev_pos = op.previous_positions[lo:hi]
-                    if op.previous_silent is not None:
-                        prev_pos = prev_pos[~op.previous_silent[lo:hi]]
-                    prev = op.previous.take(pa.array(prev_pos, pa.int64()))
-                    res = self.destination.update(self.audience_id, rows, prev, ctx)
-                else:
-                    res = self.destination.add(self.audience_id, rows, ctx)
+                rejected = self._send(op.name, rows, previous, ctx, outcome.stats) if rows.num_rows else {}
             except Exception as exc:  # noqa: BLE001 - commit what was accepted, then report
                 if getattr(exc, "fatal", True):
                     outcome.error = exc
                     break
-                res_rejected = {i: str(exc) for i in range(rows.num_rows)}
-            else:
-                res_rejected = res.rejected
-                for k, v in res.stats.items():
-                    outcome.stats[k] = outcome.stats.get(k, 0) + v
+                rejected = {i: str(exc) for i in range(rows.num_rows)}
             ok = np.ones(hi - lo, dtype=bool)
-            if res_rejected:
+            if rejected:
                 # Rejections index the sent rows; map them back to the batch.
-                sent_at = np.flatnonzero(send)
-                bad = np.fromiter((i for i in res_rejected if 0 <= i < len(sent_at)), dtype=np.int64)
+                bad = np.fromiter((i for i in rejected if 0 <= i < len(sent_at)), dtype=np.int64)
                 ok[sent_at[bad]] = False
                 keys = rows[KEY]
-                for i, reason in res_rejected.items():
+                for i, reason in sorted(rejected.items()):
                     if 0 <= i < len(sent_at):
                         outcome.rejections.append(
                             {"key": keys[i].as_py(), "operation": op.name, "reason": str(reason)[:500]})
@@ -96,6 +100,57 @@ class Dispatcher:
             progress.batch_done(outcome.rows_done, seq)
         progress.finish(outcome.rows_done, outcome.error is None)
         return outcome
+
+    def _call(self, name: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext) -> BatchResult:
+        if name == "remove":
+            return self.destination.remove(self.audience_id, rows, ctx)
+        if name == "update":
+            return self.destination.update(self.audience_id, rows, previous, ctx)
+        return self.destination.add(self.audience_id, rows, ctx)
+
+    def _send(self, name: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext,
+              stats: dict[str, int]) -> dict[int, str]:
+        """Send one batch; return the rows (positions in `rows`) the platform did not apply, with reasons."""
+        res = self._call(name, rows, previous, ctx)
+        for k, v in res.stats.items():
+            stats[k] = stats.get(k, 0) + v
+        rejected = dict(res.rejected)
+        if res.unapplied:
+            rest = np.array([i for i in range(rows.num_rows) if i not in rejected], dtype=np.int64)
+            found = self._isolate(name, rows, previous, ctx, rest, res.unapplied, res.unapplied_reason, stats)
+            rejected.update(found)
+        return rejected
+
+    def _isolate(self, name: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext,
+                 idx: np.ndarray, count: int, reason: str, stats: dict[str, int]) -> dict[int, str]:
+        """Find which of rows[idx] the platform did not apply, knowing only how many.
+
+        Sends each half again (adding or removing a member twice is harmless) and
+        trusts each half's own answer, down to single rows.
+        """
+        reason = reason or "not applied by the platform"
+        if count >= len(idx) or len(idx) == 1:
+            return {int(i): reason for i in idx}
+        if self.isolation_left < 2:
+            return {int(i): f"{reason} (one of {count} unnamed rows among {len(idx)}; retried next run)"
+                    for i in idx}
+        found: dict[int, str] = {}
+        mid = len(idx) // 2
+        for n, half in enumerate((idx[:mid], idx[mid:]), start=1):
+            self.isolation_left -= 1
+            stats["isolation_requests"] = stats.get("isolation_requests", 0) + 1
+            part = rows.take(pa.array(half, pa.int64()))
+            part_previous = None if previous is None else \
+                previous.filter(pc.is_in(previous[KEY], value_set=part[KEY].combine_chunks()))
+            part_ctx = replace(ctx, part=f"{ctx.part}.{n}" if ctx.part else str(n))
+            res = self._call(name, part, part_previous, part_ctx)
+            found.update({int(half[i]): r for i, r in res.rejected.items() if 0 <= i < len(half)})
+            if res.unapplied:
+                named = set(res.rejected)
+                rest = half[[i not in named for i in range(len(half))]]
+                found.update(self._isolate(name, rows, previous, part_ctx, rest,
+                                           res.unapplied, res.unapplied_reason or reason, stats))
+        return found
 
 
 class _Progress:

@@ -16,7 +16,6 @@ import pyarrow.compute as pc
 from audience_pipelines.destinations.base import Destination, Target
 from audience_pipelines.engine.diff import KEY, ROW_HASH, DiffPlan, plan_diff
 from audience_pipelines.engine.dispatch import Dispatcher, Operation
-from audience_pipelines.engine.hashing import row_hash
 from audience_pipelines.engine.errors import ConfigError, DestinationError, MassRemovalBlocked, SyncAborted
 from audience_pipelines.engine.payload import SAMPLE, Payload, build_payload
 from audience_pipelines.engine.snapshot import Manifest, SnapshotStore
@@ -84,6 +83,8 @@ class SyncResult:
     failed: int = 0
     set_aside: int = 0
     skipped: int = 0
+    # Leavers not withdrawn: every identifier the platform matches on is still sent by a current member.
+    shared_not_withdrawn: int = 0
     unchanged: int = 0
     membership_rows: int = 0
     snapshot_rows: int = 0
@@ -179,8 +180,7 @@ def run_sync(
             notes=notes,
         )
         _guard_mass_removal(spec, plan, old.num_rows, options)
-        ops = _operations(spec, plan, payload, old, options, result,
-                          destination.capabilities.requires_identifier)
+        ops = _operations(spec, plan, payload, old, options, result, _match_columns(spec, destination))
         # Journal what is about to be sent: if this run dies, the next one resends it.
         journal = _journal(ops, pending)
         store.write_pending(journal)
@@ -190,8 +190,13 @@ def run_sync(
         accepted = outcome.accepted
         for op in ops:
             n_ok = int(accepted[op.name].sum())
-            setattr(result, op.counter, getattr(result, op.counter) + n_ok)
+            n_silent = int(op.silent.sum()) if op.silent is not None else 0
+            setattr(result, op.counter, getattr(result, op.counter) + n_ok - n_silent)
+            result.shared_not_withdrawn += n_silent
             result.failed += len(op.positions) - n_ok
+        if result.shared_not_withdrawn:
+            notes.append(f"{result.shared_not_withdrawn} departed members were not withdrawn: every identifier "
+                         "the platform matches them on is still sent by a current member")
         result.errors_sample = outcome.rejections[:SAMPLE]
         if outcome.rejections:
             keys = [r["key"] for r in outcome.rejections]
@@ -275,6 +280,15 @@ def _unanswered(journal: pa.Table | None, ops: list[Operation], answered: dict[s
     return journal.filter(pc.invert(pc.is_in(journal[KEY], value_set=pa.concat_arrays(done))))
 
 
+def _match_columns(spec: SyncSpec, destination: Destination) -> list[str]:
+    """Sent columns the platform matches a person on by themselves (empty: it matches by key)."""
+    matches = destination.capabilities.match_identifiers
+    if not matches:
+        return []
+    strong = [destination.identifier_column(k) for k in spec.identifiers if k in matches]
+    return strong or [destination.identifier_column(k) for k in spec.identifiers]
+
+
 def _guard_mass_removal(spec: SyncSpec, plan: DiffPlan, held: int, options: RunOptions) -> None:
     removes = len(plan.remove)
     if not spec.sends_removes or held == 0 or options.allow_mass_removal:
@@ -291,31 +305,45 @@ def _guard_mass_removal(spec: SyncSpec, plan: DiffPlan, held: int, options: RunO
         )
 
 
-def _still_sent(payload: Payload, old: pa.Table) -> np.ndarray:
-    """For each old row: do its identifier values equal those of some row being sent now?"""
-    cols = payload.identifier_columns
-    if not cols or old.num_rows == 0:
-        return np.zeros(old.num_rows, dtype=bool)
-    now = row_hash([payload.table[c] for c in cols], None)
-    before = row_hash([old[c] for c in cols], None)
-    return np.isin(before, now)
+def _withdrawals(payload: Payload, old: pa.Table, positions: np.ndarray,
+                 match_columns: list[str]) -> tuple[pa.Table, np.ndarray]:
+    """Snapshot rows as they may be withdrawn from a platform that matches on identifiers.
+
+    Every identifier value some current member still sends is blanked, so the
+    withdrawal cannot take that member out too; a row left with no value the
+    platform matches on is not sent at all (the second array marks those).
+    """
+    rows = old.take(pa.array(positions, pa.int64()))
+    if rows.num_rows == 0:
+        return rows, np.zeros(0, dtype=bool)
+    for c in payload.identifier_columns:
+        shared = pc.is_in(rows[c], value_set=payload.table[c].combine_chunks(), skip_nulls=True)
+        blanked = pc.if_else(shared, pa.scalar(None, rows.schema.field(c).type), rows[c])
+        rows = rows.set_column(rows.column_names.index(c), c, blanked)
+    left = np.zeros(rows.num_rows, dtype=bool)
+    for c in match_columns:
+        left |= np.asarray(rows[c].is_valid(), dtype=bool)
+    return rows, ~left
 
 
 def _operations(spec: SyncSpec, plan: DiffPlan, payload: Payload, old: pa.Table, options: RunOptions,
-                result: SyncResult, destination_matches_identifiers: bool = False) -> list[Operation]:
+                result: SyncResult, match_columns: list[str]) -> list[Operation]:
     ops: list[Operation] = []
     new = payload.table
-    # Platforms that match on identifiers hold one row per identifier set: withdrawing a row
-    # another current member still sends would take that member out too.
-    shared = _still_sent(payload, old) if destination_matches_identifiers else None
     if spec.sends_removes:
-        ops.append(Operation("remove", "removed", plan.remove, old,
-                             silent=shared[plan.remove] if shared is not None else None))
+        remove = Operation("remove", "removed", plan.remove, old)
+        if match_columns:
+            remove.sent, remove.silent = _withdrawals(payload, old, plan.remove, match_columns)
+        ops.append(remove)
     else:
         result.skipped += len(plan.remove)
     if spec.sends_adds:
-        ops.append(Operation("update", "updated", plan.update_new, new, previous=old, previous_positions=plan.update_old,
-                             previous_silent=shared[plan.update_old] if shared is not None else None))
+        update = Operation("update", "updated", plan.update_new, new, previous_positions=plan.update_old,
+                           previous_sent=old.take(pa.array(plan.update_old, pa.int64())))
+        if match_columns:
+            update.previous_sent, update.previous_silent = _withdrawals(payload, old, plan.update_old,
+                                                                         match_columns)
+        ops.append(update)
         ops.append(Operation("add", "added", plan.add, new))
         if options.full_resync:
             ops.append(Operation("resend", "resent", plan.unchanged_new, new))

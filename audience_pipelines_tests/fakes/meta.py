@@ -15,6 +15,8 @@ from ._server import FakeServer, Request, Response, json_response
 MULTI_KEYS = frozenset("EXTERN_ID EMAIL PHONE GEN DOBY DOBM DOBD LN FN FI CT ST ZIP MADID "
                        "COUNTRY LOOKALIKE_VALUE".split())
 UNHASHED = frozenset({"EXTERN_ID", "MADID", "LOOKALIKE_VALUE"})
+# Meta matches a person on any one of these; a removal takes out every person it matches.
+MATCH_KEYS = frozenset({"EMAIL", "PHONE", "MADID", "EXTERN_ID"})
 # Single-key schemas are stored under the multi-key field name so state is uniform.
 SINGLE_KEYS = {"EMAIL_SHA256": "EMAIL", "PHONE_SHA256": "PHONE", "MOBILE_ADVERTISER_ID": "MADID"}
 FILE_SOURCES = frozenset({"USER_PROVIDED_ONLY", "PARTNER_PROVIDED_ONLY",
@@ -84,6 +86,7 @@ class FakeMeta(FakeServer):
         self._audiences: dict[str, dict] = {}  # insertion order = creation order = list order
         self._members: dict[str, set[frozenset]] = {}
         self._invalid_values: set[str] = set()
+        self._max_samples = MAX_SAMPLES
         self._ids = itertools.count(23850000000000001)
 
     # -- inspection -------------------------------------------------------
@@ -137,10 +140,19 @@ class FakeMeta(FakeServer):
     def inject_delay(self, seconds: float, times=1, endpoint="users") -> None:
         self._push("delay", times, endpoint, seconds=seconds)
 
-    def inject_invalid(self, values) -> None:
-        """Persistent: any row holding one of these values is counted invalid, not stored."""
+    def inject_invalid(self, values, *, samples: int = MAX_SAMPLES) -> None:
+        """Persistent: any row holding one of these values is counted invalid, not applied.
+
+        `samples` caps how many of them a response names in invalid_entry_samples
+        (0: counts only).
+        """
         with self._lock:
             self._invalid_values.update(values)
+            self._max_samples = samples
+
+    def clear_invalid(self) -> None:
+        with self._lock:
+            self._invalid_values.clear()
 
     # -- HTTP -------------------------------------------------------------
     def _scope(self, req: Request) -> str:
@@ -253,7 +265,7 @@ class FakeMeta(FakeServer):
         with self._lock:
             if aid not in self._audiences:
                 raise _missing(aid)
-            bad_values = set(self._invalid_values)
+            bad_values, max_samples = set(self._invalid_values), self._max_samples
         payload = _jsonish(params.get("payload"), "payload")
         if payload is None:
             raise _bad("The parameter payload is required")
@@ -283,12 +295,22 @@ class FakeMeta(FakeServer):
                 valid.append(frozenset(nonempty.items()))
                 continue
             n_invalid += 1
-            if len(samples) < MAX_SAMPLES:
+            if len(samples) < min(max_samples, MAX_SAMPLES):
                 samples[key] = reason
         with self._lock:
             members = self._members[aid]
-            for row in valid:
-                (members.discard if remove else members.add)(row)
+            if not remove:
+                members.update(valid)
+            else:
+                holders: dict[tuple, list[frozenset]] = {}
+                for held in members:
+                    for pair in held:
+                        if pair[0] in MATCH_KEYS:
+                            holders.setdefault(pair, []).append(held)
+                for row in valid:
+                    keys = [pair for pair in row if pair[0] in MATCH_KEYS]
+                    for held in [h for pair in keys for h in holders.get(pair, ())] if keys else [row]:
+                        members.discard(held)
         return {"audience_id": aid,
                 "session_id": str(session.get("session_id") or secrets.randbelow(2**62)),
                 "num_received": len(rows), "num_invalid_entries": n_invalid,

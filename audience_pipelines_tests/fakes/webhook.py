@@ -34,6 +34,7 @@ class FakeWebhook(FakeServer):
         self._idem: dict[str, tuple[str, Response]] = {}  # key -> (body sha256, response)
         self._rejects: dict[str, str] = {}  # str(row id) -> error
         self._no_results = False
+        self._result_fields = {"index", "id"}
 
     # -- inspection (snapshots, safe to keep) ----------------------------
     @property
@@ -68,6 +69,15 @@ class FakeWebhook(FakeServer):
     def inject_delay(self, seconds: float, times=1) -> None:
         """Sleep before handling the next `times` requests."""
         self._push("delay", times, seconds=seconds)
+
+    def clear_rejections(self) -> None:
+        with self._lock:
+            self._rejects.clear()
+
+    def name_results_by(self, *fields: str) -> None:
+        """Which of "index", "id" each per-row result carries (none: status and error only)."""
+        with self._lock:
+            self._result_fields = set(fields)
 
     def respond_without_results(self, enabled=True) -> None:
         """Answer 200 `{}` instead of per-row results (rows are still applied/rejected)."""
@@ -132,8 +142,9 @@ class FakeWebhook(FakeServer):
             rid = row.get("id") if isinstance(row, dict) else None
             error = "row has no id" if rid is None else self._rejects.get(str(rid))
             self._rows[kind].append(copy.deepcopy(row))
-            results.append({"index": index, "id": rid, "status": "rejected" if error else "ok",
-                            "error": error})
+            named = {"index": index, "id": rid}
+            results.append({**{k: v for k, v in named.items() if k in self._result_fields},
+                            "status": "rejected" if error else "ok", "error": error})
             counts["rejected" if error else kind] += 1
             if error is None and kind == "removed":
                 members.pop(rid, None)
