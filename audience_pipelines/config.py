@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,6 +21,26 @@ def resolve_placeholders(value, data_dir: Path):
     if isinstance(value, str):
         return value.replace(DATA_DIR_PLACEHOLDER, str(data_dir))
     return value
+
+
+def _is_text(annotation) -> bool:
+    """`str` or `str | None` (possibly Annotated): a setting that holds text."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _is_text(typing.get_args(annotation)[0])
+    if annotation is str:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = set(typing.get_args(annotation))
+        return str in args and args <= {str, type(None)}
+    return False
+
+
+def text_settings(type_name: str) -> frozenset[str]:
+    """The settings of a destination type that hold text (ids, names, URLs): loaded as written in YAML."""
+    cls = DESTINATION_TYPES.get(type_name)
+    if cls is None:
+        return frozenset()
+    return frozenset(k for k, f in cls.settings_model.model_fields.items() if _is_text(f.annotation))
 
 
 def _describe(exc: ValidationError) -> str:

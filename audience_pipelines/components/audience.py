@@ -6,6 +6,7 @@ from audience_pipelines.components.catalog import find, where
 from audience_pipelines.components.entity import Entity
 from audience_pipelines.components.schedules import MANUAL, ScheduleChoice, build_schedule, cron_of
 from audience_pipelines.components.settings import schedules_running
+from audience_pipelines.components.yaml_text import Text
 from audience_pipelines.engine import AudiencePipelinesError, ConfigError, build_membership
 from audience_pipelines.engine.membership import write_parquet_atomic
 from audience_pipelines.engine.warehouse import query_audience
@@ -21,11 +22,11 @@ def audience_key(name: str) -> dg.AssetKey:
 class Audience(dg.Component, dg.Model, dg.Resolvable):
     """A set of members of an entity: SQL, or a filter over the entity's table."""
 
-    name: str
-    entity: str
-    sql: str | None = None
-    filter: str | None = None
-    description: str | None = None
+    name: Text
+    entity: Text
+    sql: Text | None = None
+    filter: Text | None = None
+    description: Text | None = None
     schedule: ScheduleChoice = MANUAL
     max_bad_key_share: float = 0.01  # key_quality check fails above this share of set-aside rows
 

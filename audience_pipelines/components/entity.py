@@ -4,6 +4,7 @@ import dagster as dg
 
 from audience_pipelines.components.catalog import find, where
 from audience_pipelines.components.warehouse import Warehouse
+from audience_pipelines.components.yaml_text import Text
 from audience_pipelines.engine import ConfigError
 from audience_pipelines.identifiers import KINDS
 
@@ -11,12 +12,12 @@ from audience_pipelines.identifiers import KINDS
 class Entity(dg.Component, dg.Model, dg.Resolvable):
     """A table of people (or accounts): its key, identifier columns and attribute columns."""
 
-    name: str
-    table: str
-    key: str
-    warehouse: str = "main"
-    identifiers: dict[str, str] = {}  # identifier kind -> column
-    attributes: list[str] = []
+    name: Text
+    table: Text
+    key: Text
+    warehouse: Text = "main"
+    identifiers: dict[str, Text] = {}  # identifier kind -> column
+    attributes: list[Text] = []
 
     @property
     def columns(self) -> list[str]:

@@ -3,7 +3,6 @@ import warnings
 
 import dagster as dg
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
 
 from audience_pipelines.components.audience import Audience, audience_key
 from audience_pipelines.components.catalog import find, where
@@ -12,6 +11,7 @@ from audience_pipelines.components.schedules import (
     MANUAL, ON_AUDIENCE_UPDATE, ScheduleChoice, build_schedule, cron_of, describe, runs_per_four_weeks,
 )
 from audience_pipelines.components.settings import FULL_RESYNC_TAG, schedules_running
+from audience_pipelines.components.yaml_text import Text
 from audience_pipelines.destinations import Target
 from audience_pipelines.engine import (
     AudiencePipelinesError, ConfigError, MassRemovalBlocked, RunOptions, SyncResult, SyncSpec, run_sync,
@@ -28,10 +28,9 @@ class ScheduleWarning(UserWarning):
     """A sync scheduled more often than its audience is evaluated."""
 
 
-class TargetConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: str | None = None
-    name: str | None = None
+class TargetConfig(dg.Model, dg.Resolvable):
+    id: Text | None = None  # `id: 0123` loads as "0123"
+    name: Text | None = None
 
 
 class SyncRunConfig(dg.Config):
@@ -75,19 +74,19 @@ def result_metadata(r: SyncResult) -> dict:
 class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
     """Keeps one destination audience in step with one audience."""
 
-    name: str
-    audience: str
-    destination: str
+    name: Text
+    audience: Text
+    destination: Text
     target: TargetConfig | None = None  # default: a destination audience named like the audience
-    mode: str = "mirror"
-    removal: str = "remove"
-    identifiers: dict[str, str] | None = None  # identifier kind -> audience column; default: all usable
-    fields: dict[str, str] = {}  # destination field -> audience column
+    mode: Text = "mirror"
+    removal: Text = "remove"
+    identifiers: dict[str, Text] | None = None  # identifier kind -> audience column; default: all usable
+    fields: dict[str, Text] = {}  # destination field -> audience column
     schedule: ScheduleChoice = MANUAL
     max_failure_rate: float = 0.05
     max_removal_share: float = 0.5
-    default_region: str | None = None  # for phone numbers written without a country code
-    phone_region_column: str | None = None  # or: a column holding each member's country
+    default_region: Text | None = None  # for phone numbers written without a country code
+    phone_region_column: Text | None = None  # or: a column holding each member's country
     batch_size: int | None = None
 
     def spec(self, context: dg.ComponentLoadContext) -> tuple[SyncSpec, Audience, Destination]:

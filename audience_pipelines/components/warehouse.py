@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from audience_pipelines.components.yaml_text import Text
 from audience_pipelines.resources import DEMO_URL, WarehouseResource
 
 
@@ -11,9 +12,9 @@ class Warehouse(dg.Component, dg.Model, dg.Resolvable):
     `url: demo` is the embedded DuckDB with synthetic customers, built on first use.
     """
 
-    name: str = "main"
-    url: str | None = DEMO_URL
-    url_env: str | None = None
+    name: Text = "main"
+    url: Text | None = DEMO_URL
+    url_env: Text | None = None
 
     @property
     def resource_key(self) -> str:
