@@ -54,7 +54,9 @@ class Audience(dg.Component, dg.Model, dg.Resolvable):
         name, sql, key_column = self.name, self.query(entity), entity.key
         required = entity.columns
         max_bad = self.max_bad_key_share
-        description = (self.description or f"Members of entity '{entity.name}'") + f"\n\n```sql\n{sql}\n```"
+        # A `sql: |` block keeps its final newline as written; the shown query does not need it.
+        description = ((self.description or f"Members of entity '{entity.name}'")
+                       + f"\n\n```sql\n{sql.rstrip()}\n```")
 
         @dg.asset(
             key=key, group_name="audiences", kinds={warehouse.kind}, description=description,
