@@ -55,3 +55,11 @@ def pg_schema(pg_url):
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         engine.dispose()
+
+
+def pytest_terminal_summary(terminalreporter):
+    from audience_pipelines_tests.faults import RESULTS, table_text
+
+    if RESULTS:
+        terminalreporter.write_sep("=", "fault matrix: what was tried and whether the promised state held")
+        terminalreporter.write_line(table_text(RESULTS))

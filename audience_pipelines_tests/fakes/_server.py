@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
 import time
 import traceback
@@ -40,6 +41,9 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+DROP = Response(0)  # the connection is reset instead of answered
+
+
 def json_response(status: int, obj, headers: dict[str, str] | None = None) -> Response:
     hdrs = {"Content-Type": "application/json; charset=UTF-8", **(headers or {})}
     return Response(status, json.dumps(obj).encode("utf-8"), hdrs)
@@ -66,6 +70,10 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         resp = self.server.fake._dispatch(
             Request(self.command, url.path, parse_flat_qs(url.query), headers, body))
+        if resp is DROP:  # close with a TCP reset, no answer
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
         try:
             self.send_response(resp.status)
             for k, v in resp.headers.items():
@@ -147,6 +155,14 @@ class FakeServer:
                     return inj
         return None
 
+    def inject_reset(self, times=1, scope="all") -> None:
+        """Reset the connection of the next `times` requests before handling them (nothing applied)."""
+        self._push("reset", times, scope)
+
+    def inject_lost_answer(self, times=1, scope="all") -> None:
+        """Handle the next `times` requests, then reset the connection instead of answering."""
+        self._push("lost_answer", times, scope)
+
     def clear_injections(self) -> None:
         with self._lock:
             self._injections.clear()
@@ -157,12 +173,17 @@ class FakeServer:
     def _dispatch(self, req: Request) -> Response:
         if delay := self._pop("delay", self._scope(req)):
             time.sleep(delay["seconds"])  # outside the lock: other requests proceed
-        try:
-            resp = self._handle(req)
-        except Exception:  # a bug in the fake: surface it instead of hanging the client
-            with self._lock:
-                self.errors.append(traceback.format_exc())
-            resp = Response(500, self.errors[-1].encode(), {"Content-Type": "text/plain"})
+        if self._pop("reset", self._scope(req)):
+            resp = DROP
+        else:
+            try:
+                resp = self._handle(req)
+            except Exception:  # a bug in the fake: surface it instead of hanging the client
+                with self._lock:
+                    self.errors.append(traceback.format_exc())
+                resp = Response(500, self.errors[-1].encode(), {"Content-Type": "text/plain"})
+            if self._pop("lost_answer", self._scope(req)):
+                resp = DROP
         with self._lock:
             self._requests.append(self._log_entry(req, resp))
         return resp

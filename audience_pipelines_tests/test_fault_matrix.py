@@ -1,0 +1,123 @@
+"""Every fault x every mode, per destination, each ending with the destination's exact state (see faults.py).
+
+The table of what was tried and held is printed at the end of the pytest run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from audience_pipelines.destinations.meta_custom_audiences import MetaCustomAudiencesDestination, MetaSettings
+from audience_pipelines.destinations.webhook import WebhookDestination, WebhookSettings
+from audience_pipelines_tests.fakes import FakeMeta, FakeWebhook
+from audience_pipelines_tests.faults import ENGINE_FAULTS, MODES, Case, scenario
+
+TOKEN = "EAAB-matrix-token"
+SECRET = "whsec_matrix"
+TIMEOUT_S = 0.5  # client timeout; the timeout fault delays an answer past it
+
+
+def h(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+class MetaCase(Case):
+    name = "meta_custom_audiences"
+    identifiers = {"email": "email", "external_id": "key"}
+    fields = {}  # Meta takes identifiers only
+
+    def __init__(self, fake: FakeMeta):
+        self.fake = fake
+
+    def settings(self, token=TOKEN) -> MetaSettings:
+        return MetaSettings(ad_account_id="1234", access_token=token, base_url=self.fake.url, timeout_s=TIMEOUT_S)
+
+    def destination(self, token=TOKEN):
+        return MetaCustomAudiencesDestination(self.settings(token), sleep=lambda s: None)
+
+    def spec(self):
+        return "meta_custom_audiences", self.settings().model_dump()
+
+    def state(self):
+        aid = self.fake.audience_id_by_name("vip")
+        return self.fake.members(aid) if aid else set()
+
+    def expected(self, members):
+        return {frozenset({("EMAIL", h(e)), ("EXTERN_ID", k)}) for k, (e, _) in members.items()}
+
+    def disarm(self):
+        self.fake.clear_injections()
+        self.fake.clear_invalid()
+
+    def _reject_rows(self):
+        # k3's new email, k20 and the leaver k1; one sample named, the rest only counted
+        self.fake.inject_invalid([h("moved3@example.com"), "k20", "k1"], samples=1)
+
+    faults = {
+        "throttle": lambda c: c.fake.inject_throttle(times=8, code=80003),  # past the 6 attempts
+        "5xx": lambda c: c.fake.inject_server_error(times=2, status=503),
+        "connection reset": lambda c: c.fake.inject_reset(times=2, scope="users"),
+        "timeout": lambda c: c.fake.inject_delay(TIMEOUT_S * 3, times=1),
+        "answer lost after apply": lambda c: c.fake.inject_lost_answer(times=2, scope="users"),
+        "per-row rejection": lambda c: c._reject_rows(),
+        "bad credentials": lambda c: c.destination(token="EAAB-revoked"),
+    }
+
+
+class WebhookCase(Case):
+    name = "webhook"
+
+    def __init__(self, fake: FakeWebhook):
+        self.fake = fake
+
+    def settings(self, secret=SECRET) -> WebhookSettings:
+        return WebhookSettings(url=self.fake.url, secret=secret, timeout_s=TIMEOUT_S, batch_size=1000)
+
+    def destination(self, secret=SECRET):
+        return WebhookDestination(self.settings(secret), sleep=lambda s: None)
+
+    def spec(self):
+        return "webhook", self.settings().model_dump()
+
+    def state(self):
+        return self.fake.members.get("vip", {})
+
+    def expected(self, members):
+        return {k: {"id": k, "email": e, "plan": p} for k, (e, p) in members.items()}
+
+    def disarm(self):
+        self.fake.clear_injections()
+        self.fake.clear_rejections()
+
+    faults = {
+        "throttle": lambda c: c.fake.inject_status(429, times=8, retry_after=0),  # past the 6 attempts
+        "5xx": lambda c: c.fake.inject_status(503, times=2),
+        "connection reset": lambda c: c.fake.inject_reset(times=2),
+        "timeout": lambda c: c.fake.inject_delay(TIMEOUT_S * 3, times=1),
+        "answer lost after apply": lambda c: c.fake.inject_lost_answer(times=2),
+        "per-row rejection": lambda c: c.fake.reject_ids(["k3", "k20", "k1"], error="invalid email"),
+        "bad credentials": lambda c: c.destination(secret="whsec_wrong"),
+    }
+
+
+FAULTS = [*MetaCase.faults, *ENGINE_FAULTS]
+
+
+@pytest.fixture
+def case(request):
+    """A fresh fake per scenario: its audiences, members and idempotency keys start empty."""
+    if request.param == "meta_custom_audiences":
+        with FakeMeta(access_token=TOKEN, ad_account_id="1234") as server:
+            yield MetaCase(server)
+    else:
+        with FakeWebhook(secret=SECRET, path="/hook") as server:
+            yield WebhookCase(server)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("case", ["meta_custom_audiences", "webhook"], indirect=True)
+def test_fault_matrix(case, fault, mode, tmp_path, monkeypatch):
+    scenario(case, fault, mode, tmp_path, monkeypatch)
