@@ -24,6 +24,8 @@ class MemoryDestination(Destination):
         self.audiences: dict[str, dict[str, dict]] = {}
         self.reject: set[str] = set()  # keys rejected per row, whatever the operation
         self.crash_at_batch: int | None = None  # crash when this batch seq starts (after applying nothing)
+        self.count_only = False  # report rejections as a count that names no row
+        self.requests: list[str] = []  # ctx.request_id of every call
         self.batches = 0
 
     def members(self, audience_id: str) -> dict[str, dict]:
@@ -36,6 +38,7 @@ class MemoryDestination(Destination):
 
     def _apply(self, audience_id: str, rows: pa.Table, ctx: BatchContext, remove: bool) -> BatchResult:
         self.batches += 1
+        self.requests.append(ctx.request_id)
         if self.crash_at_batch is not None and ctx.seq == self.crash_at_batch:
             raise Crash(f"crash at batch {ctx.seq}")
         state = self.audiences[audience_id]
@@ -49,6 +52,8 @@ class MemoryDestination(Destination):
                 state.pop(key, None)
             else:
                 state[key] = row
+        if self.count_only:
+            return BatchResult(unapplied=len(rejected), unapplied_reason="counted, not named")
         return BatchResult(rejected=rejected)
 
     def add(self, audience_id, rows, ctx):

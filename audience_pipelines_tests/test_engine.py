@@ -164,3 +164,36 @@ def test_a_new_target_audience_gets_everyone_and_the_old_one_is_left_alone(tmp_p
     assert (result.added, result.removed, result.mode) == (2, 0, "full")
     assert any("destination audience changed from vip to vip_v2" in n for n in result.notes)
     assert set(dest.members("vip")) == {"c0", "c1", "c2"} and set(dest.members("vip_v2")) == {"c0", "c1"}
+
+
+def test_rows_counted_but_not_named_are_found_by_halving(tmp_path):
+    dest, store = MemoryDestination(batch_rows=16), SnapshotStore(tmp_path, "crm_sync")
+    dest.count_only = True
+    dest.reject = {"c3", "c9", "c10"}
+    result = run_sync(SPEC, members(16), dest, store, RunOptions(run_id="r1"))
+    assert (result.added, result.failed) == (13, 3)
+    assert {e["key"] for e in result.errors_sample} == {"c3", "c9", "c10"}
+    assert all(e["reason"] == "counted, not named" for e in result.errors_sample)
+    assert set(dest.members("vip")) == {f"c{i}" for i in range(16)} - dest.reject
+    assert set(store.read()["key"].to_pylist()) == set(dest.members("vip"))
+    assert dest.requests[0] == "crm_sync:r1:1" and "crm_sync:r1:1:1.2" in dest.requests
+    assert len(set(dest.requests)) == len(dest.requests)  # every part has its own id
+    assert result.destination_stats == {"isolation_requests": len(dest.requests) - 1}
+
+
+def test_rows_left_unnamed_when_isolation_runs_out_are_retried_next_run(tmp_path, monkeypatch):
+    from audience_pipelines.engine import dispatch
+
+    monkeypatch.setattr(dispatch, "MAX_ISOLATION_REQUESTS", 2)
+    dest, store = MemoryDestination(batch_rows=16), SnapshotStore(tmp_path, "crm_sync")
+    dest.count_only = True
+    dest.reject = {"c3", "c12"}
+    first = run_sync(SPEC, members(16), dest, store, RunOptions(run_id="r1"))
+    # One split: each half still holds an unnamed row, so all 16 stay uncommitted.
+    assert (first.added, first.failed) == (0, 16) and len(dest.requests) == 3
+    assert "retried next run" in first.errors_sample[0]["reason"]
+    assert store.read().num_rows == 0
+    dest.reject = set()
+    second = run_sync(SPEC, members(16), dest, store, RunOptions(run_id="r2"))
+    assert (second.added, second.failed) == (16, 0)
+    assert set(store.read()["key"].to_pylist()) == set(dest.members("vip")) == {f"c{i}" for i in range(16)}

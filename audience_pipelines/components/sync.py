@@ -56,6 +56,7 @@ def result_metadata(r: SyncResult) -> dict:
         "rows_added": r.added, "rows_removed": r.removed, "rows_updated": r.updated,
         "rows_resent": r.resent, "rows_failed": r.failed, "rows_set_aside": r.set_aside,
         "rows_skipped": r.skipped, "rows_unchanged": r.unchanged, "membership_rows": r.membership_rows,
+        "rows_shared_not_withdrawn": r.shared_not_withdrawn,
         "failure_rate": r.failure_rate, "duration_s": round(r.duration_s, 3),
         "mode": r.mode, "sync_mode": r.sync_mode, "status": r.status,
         "destination_audience_id": r.destination_audience_id,

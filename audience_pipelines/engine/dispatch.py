@@ -110,15 +110,16 @@ class Dispatcher:
 
     def _send(self, name: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext,
               stats: dict[str, int]) -> dict[int, str]:
-        """Send one batch; return the rows (positions in `rows`) the platform did not apply, with reasons."""
+        """Send rows; return those (positions in `rows`) the platform did not apply, with reasons."""
         res = self._call(name, rows, previous, ctx)
-        for k, v in res.stats.items():
-            stats[k] = stats.get(k, 0) + v
+        if not ctx.part:  # a part sent again would count its rows twice
+            for k, v in res.stats.items():
+                stats[k] = stats.get(k, 0) + v
         rejected = dict(res.rejected)
         if res.unapplied:
             rest = np.array([i for i in range(rows.num_rows) if i not in rejected], dtype=np.int64)
-            found = self._isolate(name, rows, previous, ctx, rest, res.unapplied, res.unapplied_reason, stats)
-            rejected.update(found)
+            rejected.update(self._isolate(name, rows, previous, ctx, rest, res.unapplied,
+                                          res.unapplied_reason or "not applied by the platform", stats))
         return rejected
 
     def _isolate(self, name: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext,
@@ -128,28 +129,21 @@ class Dispatcher:
         Sends each half again (adding or removing a member twice is harmless) and
         trusts each half's own answer, down to single rows.
         """
-        reason = reason or "not applied by the platform"
         if count >= len(idx) or len(idx) == 1:
             return {int(i): reason for i in idx}
         if self.isolation_left < 2:
             return {int(i): f"{reason} (one of {count} unnamed rows among {len(idx)}; retried next run)"
                     for i in idx}
         found: dict[int, str] = {}
-        mid = len(idx) // 2
-        for n, half in enumerate((idx[:mid], idx[mid:]), start=1):
+        for n, half in enumerate(np.array_split(idx, 2), start=1):
             self.isolation_left -= 1
             stats["isolation_requests"] = stats.get("isolation_requests", 0) + 1
             part = rows.take(pa.array(half, pa.int64()))
             part_previous = None if previous is None else \
                 previous.filter(pc.is_in(previous[KEY], value_set=part[KEY].combine_chunks()))
             part_ctx = replace(ctx, part=f"{ctx.part}.{n}" if ctx.part else str(n))
-            res = self._call(name, part, part_previous, part_ctx)
-            found.update({int(half[i]): r for i, r in res.rejected.items() if 0 <= i < len(half)})
-            if res.unapplied:
-                named = set(res.rejected)
-                rest = half[[i not in named for i in range(len(half))]]
-                found.update(self._isolate(name, rows, previous, part_ctx, rest,
-                                           res.unapplied, res.unapplied_reason or reason, stats))
+            for i, r in self._send(name, part, part_previous, part_ctx, stats).items():
+                found[int(half[i])] = r
         return found
 
 
