@@ -191,6 +191,12 @@ def test_invalid_entries_are_counted(meta, store):
     assert meta.members(result.destination_audience_id) == simple_rows({k: rows[k] for k in ("k0", "k2")})
 
 
+def assert_holds(meta, store, aid, members: dict) -> None:
+    """Meta holds exactly `members` and the snapshot agrees."""
+    assert meta.members(aid) == simple_rows(members)
+    assert set(store.read()["key"].to_pylist()) == set(members)
+
+
 def rejected_rows(result) -> dict[str, str]:
     import pyarrow.parquet as pq
     t = pq.read_table(result.rejected_path)
@@ -213,8 +219,7 @@ def test_adds_meta_did_not_apply_fail_and_are_retried(meta, store, samples):
     meta.clear_invalid()
     second = run(meta, store, table(members), "r2")
     assert (second.added, second.failed) == (49, 0)
-    assert meta.members(aid) == simple_rows(members)
-    assert set(store.read()["key"].to_pylist()) == set(members)
+    assert_holds(meta, store, aid, members)
 
 
 def test_removes_meta_did_not_apply_fail_and_are_retried(meta, store):
@@ -234,8 +239,7 @@ def test_removes_meta_did_not_apply_fail_and_are_retried(meta, store):
     meta.clear_invalid()
     third = run(meta, store, table(stay), "r3", max_removal_share=1.0)
     assert (third.removed, third.failed) == (10, 0)
-    assert meta.members(aid) == simple_rows(stay)
-    assert set(store.read()["key"].to_pylist()) == set(stay)
+    assert_holds(meta, store, aid, stay)
 
 
 def test_update_whose_new_values_meta_did_not_apply_is_retried(meta, store):
