@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 
+import pyarrow.csv as pacsv
 import pytest
 
+from audience_pipelines.destinations.file import FileDestination, FileSettings
 from audience_pipelines.destinations.meta_custom_audiences import MetaCustomAudiencesDestination, MetaSettings
 from audience_pipelines.destinations.webhook import WebhookDestination, WebhookSettings
 from audience_pipelines_tests.fakes import FakeMeta, FakeWebhook
@@ -102,13 +104,44 @@ class WebhookCase(Case):
     }
 
 
+class FileCase(Case):
+    """Change files: the state is every run's adds, updates and removes replayed in the order written."""
+
+    name = "file"
+    faults = {}  # no platform to fail; the engine-level faults apply
+
+    def __init__(self, root):
+        self.root = root
+
+    def destination(self):
+        return FileDestination(FileSettings(path=str(self.root), format="csv"))
+
+    def spec(self):
+        return "file", {"path": str(self.root), "format": "csv"}
+
+    def state(self):
+        held: dict = {}
+        for path in sorted(self.root.glob("vip/*/*.csv"), key=lambda p: p.stat().st_mtime_ns):
+            for r in pacsv.read_csv(path).to_pylist():
+                if path.name.startswith("remove-"):
+                    held.pop(r["key"], None)
+                else:
+                    held[r["key"]] = {"email": r["email"], "plan": r["plan"]}
+        return held
+
+    def expected(self, members):
+        return {k: {"email": e, "plan": p} for k, (e, p) in members.items()}
+
+
 FAULTS = [*MetaCase.faults, *ENGINE_FAULTS]
 
 
 @pytest.fixture
-def case(request):
+def case(request, tmp_path):
     """A fresh fake per scenario: its audiences, members and idempotency keys start empty."""
-    if request.param == "meta_custom_audiences":
+    if request.param == "file":
+        yield FileCase(tmp_path / "exports")
+    elif request.param == "meta_custom_audiences":
         with FakeMeta(access_token=TOKEN, ad_account_id="1234") as server:
             yield MetaCase(server)
     else:
@@ -120,4 +153,11 @@ def case(request):
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("case", ["meta_custom_audiences", "webhook"], indirect=True)
 def test_fault_matrix(case, fault, mode, tmp_path, monkeypatch):
+    scenario(case, fault, mode, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("fault", ENGINE_FAULTS)
+@pytest.mark.parametrize("case", ["file"], indirect=True)
+def test_fault_matrix_files(case, fault, mode, tmp_path, monkeypatch):
     scenario(case, fault, mode, tmp_path, monkeypatch)
