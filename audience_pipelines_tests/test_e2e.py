@@ -20,6 +20,8 @@ from dagster_graphql import DagsterGraphQLClient
 
 from audience_pipelines.webserver import LOCATION, REPOSITORY, Webserver
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
 HIGH_VALUE = ["audiences", "high_value_customers"]
@@ -70,6 +72,10 @@ def dagster(tmp_path_factory):
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     for var in ("AUDIENCE_PIPELINES_WAREHOUSE_URL", "AUDIENCE_PIPELINES_CRM_URL", "AUDIENCE_PIPELINES_HISTORY_URL"):
         env.pop(var, None)
+    # Create the instance's storage once: webserver and daemon migrating a fresh SQLite home at the
+    # same moment can leave two alembic heads behind.
+    subprocess.run([str(BIN / "dagster"), "instance", "migrate"], cwd=REPO, env=env, check=True,
+                   capture_output=True, timeout=120)
     logs = [open(root / name, "w") for name in ("webserver.log", "daemon.log")]
     procs = [
         subprocess.Popen([str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
