@@ -86,3 +86,12 @@ def test_examples_load_beside_the_demo(home):
     with project_defs(examples=("meta_and_webhook",)) as defs:
         keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
     assert {"syncs/high_value_to_meta", "syncs/churn_risk_to_webhook"} <= keys
+
+
+def test_two_syncs_to_one_destination_audience_are_refused(home):
+    message = load_error(extra={"extra/defs.yaml": SYNC.format(
+        audience="churn_risk", destination="crm_table", identifiers="{email: email}", fields="{}")
+        + "  target: {name: high_value_customers}\n"})
+    assert "extra/defs.yaml" in message and "key 'target'" in message
+    assert "sync 'high_value_to_crm' also writes destination 'crm_table' audience name 'high_value_customers'" \
+        in message

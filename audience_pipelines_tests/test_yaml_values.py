@@ -164,7 +164,7 @@ attributes:
 def test_sync_target_id_loads_as_written(home):
     docs = [SYNC.format(name="id_octal_looking", target="{id: 0123}"),
             SYNC.format(name="id_quoted", target='{id: "123"}'),
-            SYNC.format(name="id_plain", target="{id: 123}"),
+            SYNC.format(name="id_plain", target="{id: 456}"),
             SYNC.format(name="name_numeric", target="{name: 2024}")]
     with project_defs(extra={"extra/defs.yaml": "---\n".join(docs)}) as defs:
         def description(name: str) -> str:
@@ -172,7 +172,7 @@ def test_sync_target_id_loads_as_written(home):
 
         assert "- target: id 0123\n" in description("id_octal_looking")
         assert "- target: id 123\n" in description("id_quoted")
-        assert "- target: id 123\n" in description("id_plain")
+        assert "- target: id 456\n" in description("id_plain")
         assert "- target: name '2024'\n" in description("name_numeric")
 
 

@@ -90,6 +90,10 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
     phone_region_column: Text | None = None  # or: a column holding each member's country
     batch_size: int | None = None
 
+    def target_config(self) -> TargetConfig:
+        """The destination audience: as declared, or one named like the audience."""
+        return self.target or TargetConfig(name=self.audience)
+
     def spec(self, context: dg.ComponentLoadContext) -> tuple[SyncSpec, Audience, Destination]:
         owner = f"sync '{self.name}'"
         at = where(context)
@@ -122,9 +126,19 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
         if caps.requires_identifier and not identifiers:
             raise ConfigError(f"{at}: {owner}, key 'identifiers': destination type '{destination.type}' needs at "
                               f"least one of {sorted(caps.identifier_kinds)}")
-        target = self.target or TargetConfig(name=audience.name)
+        target = self.target_config()
         if bool(target.id) == bool(target.name):
             raise ConfigError(f"{at}: {owner}, key 'target': give exactly one of 'id' or 'name'")
+        # A sync withdraws what it no longer sends; another sync's members in the same
+        # destination audience would be withdrawn with them.
+        for other in context.component_tree.get_all_components(of_type=AudienceSync):
+            if other.name != self.name and other.destination == self.destination \
+                    and other.target_config() == target:
+                shown = f"id {target.id}" if target.id else f"name '{target.name}'"
+                raise ConfigError(
+                    f"{at}: {owner}, key 'target': sync '{other.name}' also writes destination "
+                    f"'{self.destination}' audience {shown}; each would withdraw the other's members. "
+                    "Give each sync a target of its own.")
         try:
             spec = SyncSpec(
                 name=self.name, audience=audience.name, destination=destination.name,
