@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from audience_pipelines.destinations.base import BatchContext, BatchResult, Capabilities, Destination, Target
 from audience_pipelines.engine.diff import KEY, KEY_HASH, ROW_HASH
+from audience_pipelines.engine.errors import RowsRefused
 from audience_pipelines.identifiers import KINDS
 
 AUDIENCE_COL = "audience"
@@ -66,6 +67,15 @@ def with_file_lock_retry(fn: Callable[[], object], wait_s: float = LOCK_WAIT_S):
                 raise
         time.sleep(delay + random.uniform(0, delay))
         delay = min(delay * 2, 2.0)
+
+
+def _refused_by_rows(write: Callable[[str, pa.Table], BatchResult], audience_id: str, rows: pa.Table) -> BatchResult:
+    """A constraint or a value the database refuses rolls the whole batch back: say so by kind."""
+    try:
+        return write(audience_id, rows)
+    except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
+        detail = str(exc.orig or exc).strip().splitlines()[0][:300]
+        raise RowsRefused(f"the database refused the row: {detail}") from None
 
 
 class SqlTableDestination(Destination):
@@ -131,7 +141,7 @@ class SqlTableDestination(Destination):
         conn.execute(sa.delete(t).where(t.c[AUDIENCE_COL] == audience_id, t.c[KEY].in_(keys)))
 
     def add(self, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult:
-        return with_file_lock_retry(lambda: self._upsert(audience_id, rows))
+        return with_file_lock_retry(lambda: _refused_by_rows(self._upsert, audience_id, rows))
 
     def _upsert(self, audience_id: str, rows: pa.Table) -> BatchResult:
         self._ensure_columns(rows)
@@ -147,7 +157,7 @@ class SqlTableDestination(Destination):
         return BatchResult()
 
     def remove(self, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult:
-        return with_file_lock_retry(lambda: self._delete_rows(audience_id, rows))
+        return with_file_lock_retry(lambda: _refused_by_rows(self._delete_rows, audience_id, rows))
 
     def _delete_rows(self, audience_id: str, rows: pa.Table) -> BatchResult:
         if self._existing_columns() is None:

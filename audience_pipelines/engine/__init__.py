@@ -1,7 +1,7 @@
 """The sync engine: plain Python and pyarrow, usable without Dagster."""
 
 from audience_pipelines.engine.errors import (
-    AudienceError, AudiencePipelinesError, ConfigError, DestinationError, MassRemovalBlocked, SyncAborted,
+    AudienceError, AudiencePipelinesError, ConfigError, DestinationError, MassRemovalBlocked, RowsRefused, SyncAborted,
     SyncAlreadyRunning, SyncInputError,
 )
 from audience_pipelines.engine.membership import Membership, build_membership
@@ -10,6 +10,6 @@ from audience_pipelines.engine.sync import RunOptions, SyncResult, SyncSpec, run
 
 __all__ = [
     "AudienceError", "AudiencePipelinesError", "ConfigError", "DestinationError", "MassRemovalBlocked",
-    "Membership", "RunOptions", "SnapshotStore", "SyncAborted", "SyncAlreadyRunning", "SyncInputError",
+    "Membership", "RowsRefused", "RunOptions", "SnapshotStore", "SyncAborted", "SyncAlreadyRunning", "SyncInputError",
     "SyncResult", "SyncSpec", "build_membership", "run_sync",
 ]

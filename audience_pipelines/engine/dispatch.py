@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 
 from audience_pipelines.destinations.base import BatchContext, BatchResult, Destination
 from audience_pipelines.engine.diff import KEY
+from audience_pipelines.engine.errors import RowsRefused
 
 
 # Extra requests a run may spend finding rows a platform counted as not applied
@@ -111,29 +112,35 @@ class Dispatcher:
     def _send(self, name: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext,
               stats: dict[str, int]) -> dict[int, str]:
         """Send rows; return those (positions in `rows`) the platform did not apply, with reasons."""
-        res = self._call(name, rows, previous, ctx)
+        everything = np.arange(rows.num_rows)
+        try:
+            res = self._call(name, rows, previous, ctx)
+        except RowsRefused as exc:  # nothing applied; some rows are to blame
+            return self._narrow(name, rows, previous, ctx, everything, str(exc), stats)
         if not ctx.part:  # a part sent again would count its rows twice
             for k, v in res.stats.items():
                 stats[k] = stats.get(k, 0) + v
         rejected = dict(res.rejected)
         if res.unapplied:
-            rest = np.array([i for i in range(rows.num_rows) if i not in rejected], dtype=np.int64)
-            rejected.update(self._isolate(name, rows, previous, ctx, rest, res.unapplied,
-                                          res.unapplied_reason or "not applied by the platform", stats))
+            rest = everything[[i not in rejected for i in everything]]
+            rejected.update(self._narrow(name, rows, previous, ctx, rest,
+                                         res.unapplied_reason or "not applied by the platform", stats,
+                                         count=res.unapplied))
         return rejected
 
-    def _isolate(self, name: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext,
-                 idx: np.ndarray, count: int, reason: str, stats: dict[str, int]) -> dict[int, str]:
-        """Find which of rows[idx] the platform did not apply, knowing only how many.
+    def _narrow(self, name: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext,
+                idx: np.ndarray, reason: str, stats: dict[str, int], count: int | None = None) -> dict[int, str]:
+        """Find which of rows[idx] the platform did not apply, knowing only how many (`count`) or
+        only that some did not.
 
         Sends each half again (adding or removing a member twice is harmless) and
         trusts each half's own answer, down to single rows.
         """
-        if count >= len(idx) or len(idx) == 1:
+        if len(idx) == 1 or (count is not None and count >= len(idx)):
             return {int(i): reason for i in idx}
         if self.isolation_left < 2:
-            return {int(i): f"{reason} (one of {count} unnamed rows among {len(idx)}; retried next run)"
-                    for i in idx}
+            some = f"{count} unnamed rows" if count is not None else "the rows to blame"
+            return {int(i): f"{reason} (one of {len(idx)} rows holding {some}; retried next run)" for i in idx}
         found: dict[int, str] = {}
         for n, half in enumerate(np.array_split(idx, 2), start=1):
             self.isolation_left -= 1

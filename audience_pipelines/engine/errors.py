@@ -40,5 +40,13 @@ class DestinationError(AudiencePipelinesError):
         self.fatal = fatal
 
 
+class RowsRefused(DestinationError):
+    """The destination refused a whole batch because of some of its rows, without naming them.
+
+    Nothing of the batch was applied (a rolled-back transaction, say). The engine
+    sends parts of the batch again to find the rows to blame; the rest go through.
+    """
+
+
 class SyncAborted(AudiencePipelinesError):
     """A run stopped part-way; what the destination accepted before was committed."""

@@ -1,0 +1,83 @@
+"""sql_table: a row the database refuses fails alone; the rest of its batch and every later batch go through."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from audience_pipelines.destinations import Target
+from audience_pipelines.destinations.sql_table import SqlTableDestination, SqlTableSettings
+from audience_pipelines.engine import RunOptions, SnapshotStore, SyncSpec, run_sync
+
+SPEC = SyncSpec(name="t", audience="a", destination="db", target=Target(name="vip"),
+                identifiers={"email": "email"}, fields={"plan": "plan"}, batch_size=20, max_removal_share=1.0)
+
+
+def members(keys, bad=()) -> pa.Table:
+    keys = list(keys)
+    return pa.table({"key": keys, "email": [f"{k}@bad.example" if k in bad else f"{k}@example.com" for k in keys],
+                     "plan": ["gold"] * len(keys)})
+
+
+def held(engine) -> set[str]:
+    with engine.connect() as conn:
+        return {r[0] for r in conn.execute(sa.text("select key from audience_members where audience = 'vip'"))}
+
+
+def run(url, store, table, run_id):
+    dest = SqlTableDestination(SqlTableSettings(url=url, table="audience_members"))
+    try:
+        return run_sync(SPEC, table, dest, store, RunOptions(run_id=run_id))
+    finally:
+        dest.close()
+
+
+CREATE = """create table audience_members (audience text, key text, email text check (email not like '%bad%'),
+            plan text, synced_at timestamp with time zone, primary key (audience, key))"""
+
+
+def test_a_refused_row_fails_alone_and_never_blocks_the_rest(tmp_path):
+    url = f"duckdb:///{tmp_path / 'crm.duckdb'}"
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text(CREATE))
+    store = SnapshotStore(tmp_path / "snapshots", "t")
+    keys = [f"k{i:02d}" for i in range(50)]
+    first = run(url, store, members(keys, bad={"k07", "k33"}), "r1")
+    assert (first.added, first.failed) == (48, 2)
+    rejected = pq.read_table(first.rejected_path).to_pylist()
+    assert {r["key"] for r in rejected} == {"k07", "k33"}
+    assert all("CHECK constraint" in r["reason"] for r in rejected)
+    assert held(engine) == set(keys) - {"k07", "k33"} == set(store.read()["key"].to_pylist())
+
+    second = run(url, store, members(keys, bad={"k07", "k33"}), "r2")  # still refused: only they are retried
+    assert (second.added, second.failed, second.unchanged) == (0, 2, 48)
+    third = run(url, store, members(keys), "r3")  # the data is fixed
+    assert (third.added, third.failed) == (2, 0) and held(engine) == set(keys)
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_removal_the_database_refuses_fails_alone(pg_schema, tmp_path):
+    url, _ = pg_schema
+    engine = sa.create_engine(url)
+    store = SnapshotStore(tmp_path / "snapshots", "t")
+    keys = [f"k{i:02d}" for i in range(30)]
+    run(url, store, members(keys), "r1")
+    with engine.begin() as conn:  # another table still points at one leaver
+        conn.execute(sa.text("create table orders (audience text, key text, "
+                             "foreign key (audience, key) references audience_members (audience, key))"))
+        conn.execute(sa.text("insert into orders values ('vip', 'k03')"))
+    stay = keys[10:]
+    second = run(url, store, members(stay), "r2")
+    assert (second.removed, second.failed) == (9, 1)
+    assert pq.read_table(second.rejected_path).to_pylist()[0]["key"] == "k03"
+    assert "foreign key" in second.errors_sample[0]["reason"]
+    assert held(engine) == set(stay) | {"k03"} == set(store.read()["key"].to_pylist())
+    with engine.begin() as conn:
+        conn.execute(sa.text("drop table orders"))
+    third = run(url, store, members(stay), "r3")
+    assert (third.removed, third.failed) == (1, 0) and held(engine) == set(stay)
+    engine.dispose()
