@@ -81,3 +81,43 @@ def test_a_removal_the_database_refuses_fails_alone(pg_schema, tmp_path):
     third = run(url, store, members(stay), "r3")
     assert (third.removed, third.failed) == (1, 0) and held(engine) == set(stay)
     engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("on_delete", ["", "on delete cascade"])
+def test_updates_and_resends_keep_rows_other_tables_reference(pg_schema, tmp_path, on_delete):
+    url, _ = pg_schema
+    engine = sa.create_engine(url)
+    store = SnapshotStore(tmp_path / "snapshots", "t")
+    keys = [f"k{i:02d}" for i in range(5)]
+    run(url, store, members(keys), "r1")
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"create table orders (id int, audience text, key text, "
+                             f"foreign key (audience, key) references audience_members (audience, key) {on_delete})"))
+        conn.execute(sa.text("insert into orders values (1, 'vip', 'k01'), (2, 'vip', 'k02')"))
+    changed = members(keys).set_column(2, "plan", pa.array(["silver"] * 5))
+    second = run(url, store, changed, "r2")
+    assert (second.updated, second.failed) == (5, 0)
+    dest = SqlTableDestination(SqlTableSettings(url=url, table="audience_members"))
+    resend = run_sync(SPEC, changed, dest, store, RunOptions(run_id="r3", full_resync=True))
+    dest.close()
+    assert (resend.resent, resend.failed) == (5, 0)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from orders")).scalar_one() == 2
+        assert set(conn.execute(sa.text("select plan from audience_members")).scalars()) == {"silver"}
+    engine.dispose()
+
+
+def test_a_table_without_a_unique_key_is_still_upserted(tmp_path):
+    url = f"duckdb:///{tmp_path / 'crm.duckdb'}"
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text("create table audience_members (audience text, key text, email text, plan text, "
+                             "synced_at timestamp with time zone)"))
+    store = SnapshotStore(tmp_path / "snapshots", "t")
+    run(url, store, members(["a", "b"]), "r1")
+    run(url, store, members(["a", "b"]).set_column(2, "plan", pa.array(["silver"] * 2)), "r2")
+    with engine.connect() as conn:
+        assert sorted(conn.execute(sa.text("select key, plan from audience_members")).fetchall()) == [
+            ("a", "silver"), ("b", "silver")]
+    engine.dispose()

@@ -1,8 +1,9 @@
 """`sql_table`: an audience's members and mapped fields in a table of any SQLAlchemy database.
 
 One table can hold many audiences: rows are keyed by (audience, key). Adds and
-updates are upserts (delete + insert in one transaction, portable across
-dialects), so resending is harmless.
+updates are upserts (INSERT ... ON CONFLICT on PostgreSQL, DuckDB and SQLite;
+delete + insert in one transaction elsewhere, or on a table without a unique
+(audience, key)), so resending is harmless.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class SqlTableDestination(Destination):
         self.engine = sa.create_engine(url, poolclass=NullPool) if url.get_backend_name() == "duckdb" \
             else sa.create_engine(url)
         self._known: set[str] | None = None  # columns the table is known to have
+        self._keyed: bool | None = None  # has a unique (audience, key), so ON CONFLICT works
 
     def _columns_for(self, rows: pa.Table) -> list[str]:
         return [c for c in rows.column_names if c not in (KEY_HASH, ROW_HASH)]
@@ -143,6 +145,19 @@ class SqlTableDestination(Destination):
     def add(self, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult:
         return with_file_lock_retry(lambda: _refused_by_rows(self._upsert, audience_id, rows))
 
+    def _on_conflict(self, columns: list[str]):
+        """INSERT ... ON CONFLICT (audience, key) DO UPDATE, where the dialect has it."""
+        name = self.engine.dialect.name
+        if name in ("postgresql", "duckdb"):
+            from sqlalchemy.dialects.postgresql import insert
+        elif name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            return None
+        stmt = insert(self._clause(columns))
+        return stmt.on_conflict_do_update(index_elements=[AUDIENCE_COL, KEY],
+                                          set_={c: stmt.excluded[c] for c in columns if c not in (AUDIENCE_COL, KEY)})
+
     def _upsert(self, audience_id: str, rows: pa.Table) -> BatchResult:
         self._ensure_columns(rows)
         cols = self._columns_for(rows)
@@ -151,6 +166,19 @@ class SqlTableDestination(Destination):
         for r in records:
             r[AUDIENCE_COL] = audience_id
             r[SYNCED_AT_COL] = now
+        # An update in place: delete + insert would break (or cascade through) foreign keys
+        # other tables hold on the row, and show triggers a delete.
+        stmt = self._on_conflict([AUDIENCE_COL, *cols, SYNCED_AT_COL]) if self._keyed is not False else None
+        if stmt is not None:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(stmt, records)
+                self._keyed = True
+                return BatchResult()
+            except sa.exc.ProgrammingError:
+                if self._keyed:
+                    raise
+                self._keyed = False  # a table made elsewhere, without a unique (audience, key)
         with self.engine.begin() as conn:
             self._delete(conn, audience_id, rows[KEY].to_pylist())
             conn.execute(sa.insert(self._clause([AUDIENCE_COL, *cols, SYNCED_AT_COL])), records)
