@@ -138,11 +138,12 @@ class Dispatcher:
         """
         if len(idx) == 1 or (count is not None and count >= len(idx)):
             return {int(i): reason for i in idx}
-        if self.isolation_left < 2:
-            some = f"{count} unnamed rows" if count is not None else "the rows to blame"
-            return {int(i): f"{reason} (one of {len(idx)} rows holding {some}; retried next run)" for i in idx}
         found: dict[int, str] = {}
         for n, half in enumerate(np.array_split(idx, 2), start=1):
+            if self.isolation_left < 1:
+                found.update({int(i): f"{reason} (not isolated within this run's {MAX_ISOLATION_REQUESTS} extra "
+                                      "requests; retried next run)" for i in half})
+                continue
             self.isolation_left -= 1
             stats["isolation_requests"] = stats.get("isolation_requests", 0) + 1
             part = rows.take(pa.array(half, pa.int64()))

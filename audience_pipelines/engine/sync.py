@@ -317,7 +317,10 @@ def _withdrawals(payload: Payload, old: pa.Table, positions: np.ndarray,
     if rows.num_rows == 0:
         return rows, np.zeros(0, dtype=bool)
     for c in payload.identifier_columns:
-        shared = pc.is_in(rows[c], value_set=payload.table[c].combine_chunks(), skip_nulls=True)
+        # Probe the (large) payload against the (small) withdrawals, not the other way round.
+        sent = payload.table[c]
+        still = pc.unique(sent.filter(pc.is_in(sent, value_set=rows[c].combine_chunks(), skip_nulls=True)))
+        shared = pc.is_in(rows[c], value_set=still, skip_nulls=True)
         blanked = pc.if_else(shared, pa.scalar(None, rows.schema.field(c).type), rows[c])
         rows = rows.set_column(rows.column_names.index(c), c, blanked)
     left = np.zeros(rows.num_rows, dtype=bool)
