@@ -147,8 +147,8 @@ class MetaCustomAudiencesDestination(Destination):
         cols = _sent_columns(rows)
         data = [["" if v is None else v for v in row] for row in zip(*(rows[c].to_pylist() for c in cols))]
         # One session per operation and method; a part of a batch sent again gets its own.
-        scope = f"{ctx.request_id if ctx.part else ctx.sync + ':' + ctx.run_id}:{ctx.operation}:{method}"
-        session = {"session_id": int(hashlib.sha256(scope.encode()).hexdigest()[:15], 16),
+        scope = ctx.request_id if ctx.part else f"{ctx.sync}:{ctx.run_id}"
+        session = {"session_id": int(hashlib.sha256(f"{scope}:{ctx.operation}:{method}".encode()).hexdigest()[:15], 16),
                    "batch_seq": 1 if ctx.part else ctx.seq, "last_batch_flag": bool(ctx.part) or ctx.last}
         return {"payload": {"schema": cols, "data": data}, "session": session}
 
