@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -97,7 +97,6 @@ class Outcome:
     faulted_run: str = ""
     held: bool = False
     detail: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 RESULTS: list[Outcome] = []
