@@ -10,13 +10,18 @@ from pathlib import Path
 from audience_pipelines.engine import AudiencePipelinesError
 from audience_pipelines.engine.history import COUNTS
 from audience_pipelines.resources import HOME_ENV, AudienceStorage, open_history
-from audience_pipelines.webserver import URL_ENV, Webserver
+from audience_pipelines.webserver import URL_ENV, LocationState, Webserver, first_line
 
 
-def _schedule(sync: str) -> str:
-    from audience_pipelines.components.sync import schedule_name
+def _trigger(state: LocationState, sync: str) -> tuple[str, str] | None:
+    """What starts a sync's runs by itself: ("schedule" | "sensor", its name), or None for a manual sync."""
+    from audience_pipelines.components.sync import automation_sensor_name, schedule_name
 
-    return schedule_name(sync)
+    if schedule_name(sync) in state.schedules:
+        return "schedule", schedule_name(sync)
+    if automation_sensor_name(sync) in state.sensors:
+        return "sensor", automation_sensor_name(sync)
+    return None
 
 
 def cmd_resend(args) -> int:
@@ -42,9 +47,10 @@ def cmd_runs(args) -> int:
     if not records:
         print(f"no runs recorded for sync '{args.sync}'")
         return 0
-    cols = ["started_at", "status", "mode", *COUNTS, "duration_s", "run_id"]
-    rows = [[r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.status, r.mode or "", *(str(getattr(r, c)) for c in COUNTS),
-             f"{r.duration_s or 0:.1f}", r.run_id] for r in records]
+    cols = ["started_at", "status", "run_kind", "sync_mode", *COUNTS, "duration_s", "run_id", "attempt"]
+    rows = [[r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.status, r.run_kind or "", r.sync_mode or "",
+             *(str(getattr(r, c)) for c in COUNTS), f"{r.duration_s or 0:.1f}", r.run_id, str(r.attempt)]
+            for r in records]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for row, rec in zip(rows, records):
@@ -57,16 +63,50 @@ def cmd_runs(args) -> int:
 
 
 def cmd_pause(args) -> int:
-    status = Webserver(args.url).stop_schedule(_schedule(args.sync))
-    print(f"sync '{args.sync}': schedule {status.lower()}; the next run after resuming sends everything that "
-          "changed meanwhile")
-    return 0
+    return _pause_or_resume(args, pause=True)
 
 
 def cmd_resume(args) -> int:
-    status = Webserver(args.url).start_schedule(_schedule(args.sync))
-    print(f"sync '{args.sync}': schedule {status.lower()}")
+    return _pause_or_resume(args, pause=False)
+
+
+def _pause_or_resume(args, pause: bool) -> int:
+    web = Webserver(args.url)
+    state = web.location()
+    state.require_syncs([args.sync])
+    trigger = _trigger(state, args.sync)
+    if trigger is None:
+        print(f"sync '{args.sync}' has schedule: manual: it runs only when someone launches it, so there is "
+              "nothing to " + ("pause" if pause else "resume"))
+        return 0
+    kind, name = trigger
+    current = (state.schedules if kind == "schedule" else state.sensors)[name]
+    wanted = "STOPPED" if pause else "RUNNING"
+    if current["status"] == wanted:
+        print(f"sync '{args.sync}' is already {'paused' if pause else 'running'} ({kind} {name} {wanted.lower()})")
+        return 0
+    if kind == "schedule":
+        status = web.stop_schedule(name) if pause else web.start_schedule(name)
+    else:
+        status = web.stop_sensor(current["id"], name) if pause else web.start_sensor(name)
+    if pause:
+        print(f"sync '{args.sync}': paused ({kind} {name} {status.lower()}); the first run after resuming "
+              "sends everything that changed meanwhile")
+    else:
+        print(f"sync '{args.sync}': resumed ({kind} {name} {status.lower()})")
     return 0
+
+
+def _defined_syncs() -> list[str]:
+    """Syncs the project's YAML defines now, loaded the way the code location loads them."""
+    from audience_pipelines.definitions import defs
+
+    try:
+        definitions = defs()
+    except Exception as exc:  # noqa: BLE001 - any load failure means we cannot tell
+        raise AudiencePipelinesError(f"the definitions failed to load, so it is unknown whether the sync is "
+                                     f"still defined: {first_line(str(exc))}") from exc
+    return sorted(k.path[1] for k in definitions.resolve_all_asset_keys() if len(k.path) == 2 and k.path[0] == "syncs")
 
 
 def cmd_forget(args) -> int:
@@ -74,6 +114,18 @@ def cmd_forget(args) -> int:
     if not store.dir.exists():
         print(f"sync '{args.sync}' has no snapshot under {store.dir.parent}")
         return 1
+    try:
+        defined = args.sync in _defined_syncs()
+        problem = f"sync '{args.sync}' is still defined in YAML" if defined else None
+    except AudiencePipelinesError as exc:
+        problem = str(exc)
+    if problem and not args.force:
+        print(f"refusing: {problem}; its next run would send its whole membership again and could not remove "
+              "members it sent before. Delete it from YAML first (or pass --force).", file=sys.stderr)
+        return 1
+    if problem:
+        print(f"warning: {problem}; forgetting it anyway (--force): its next run sends every member again",
+              file=sys.stderr)
     if not args.yes:
         print(f"this deletes {store.dir}: the next run of a sync named '{args.sync}' would send its whole "
               "membership again and could not remove members it sent before. Add --yes to confirm.")
@@ -100,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(fn=cmd_runs)
 
-    for name, fn, text in (("pause", cmd_pause, "stop a sync's schedule"), ("resume", cmd_resume, "start it again")):
+    for name, fn, text in (("pause", cmd_pause, "stop a sync's automatic runs (its schedule or automation sensor)"),
+                           ("resume", cmd_resume, "start them again")):
         p = sub.add_parser(name, help=text)
         p.add_argument("sync")
         p.add_argument("--url", help=url_help)
@@ -109,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("forget", help="delete the snapshot of a sync removed from YAML")
     p.add_argument("sync")
     p.add_argument("--yes", action="store_true")
+    p.add_argument("--force", action="store_true", help="even if the sync is still defined (or definitions fail)")
     p.set_defaults(fn=cmd_forget)
 
     args = parser.parse_args(argv)

@@ -6,7 +6,6 @@ in configuration, metadata or logs.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -17,7 +16,7 @@ from pydantic import PrivateAttr
 
 from audience_pipelines.config import build_destination, resolve_placeholders
 from audience_pipelines.destinations import Destination
-from audience_pipelines.engine import ConfigError, SnapshotStore, SyncResult
+from audience_pipelines.engine import ConfigError, SnapshotStore
 from audience_pipelines.engine.history import RunHistory, RunRecord
 
 HOME_ENV = "AUDIENCE_PIPELINES_HOME"
@@ -48,20 +47,11 @@ class AudienceStorage(dg.ConfigurableResource):
     def history(self) -> RunHistory:
         return open_history(self.root)
 
-    def record_result(self, r: SyncResult, started: dt.datetime) -> None:
+    def record_run(self, record: RunRecord) -> RunRecord:
+        """Adds a run to the history; returns it with its attempt number."""
         history = self.history()
         try:
-            history.record(RunRecord.from_result(r, started, dt.datetime.now(dt.timezone.utc)))
-        finally:
-            history.close()
-
-    def record_failure(self, sync: str, run_id: str, started: dt.datetime, mode: str, exc: BaseException) -> None:
-        history = self.history()
-        now = dt.datetime.now(dt.timezone.utc)
-        try:
-            history.record(RunRecord(
-                run_id=run_id, sync=sync, started_at=started, finished_at=now, status="error", mode=mode,
-                duration_s=(now - started).total_seconds(), error=str(exc)[:4000] or type(exc).__name__))
+            return history.record(record)
         finally:
             history.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import httpx
 
@@ -32,6 +33,41 @@ query($id: String!) {
     ... on PythonError { message }
   }
 }"""
+LOCATION_STATE = """
+query($selector: RepositorySelector!) {
+  repositoryOrError(repositorySelector: $selector) {
+    __typename
+    ... on Repository {
+      schedules { name scheduleState { id status } }
+      sensors { name sensorState { id status } }
+      assetNodes { assetKey { path } }
+    }
+    ... on PythonError { message }
+    ... on RepositoryNotFoundError { message }
+  }
+  workspaceOrError {
+    __typename
+    ... on Workspace { locationEntries { name locationOrLoadError { __typename ... on PythonError { message } } } }
+  }
+}"""
+START_SENSOR = """
+mutation($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status } }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+STOP_SENSOR = """
+mutation($id: String!) {
+  stopSensor(id: $id) {
+    __typename
+    ... on StopSensorMutationResult { instigationState { status } }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
 SCHEDULE = """
 query($selector: ScheduleSelector!) {
   scheduleOrError(scheduleSelector: $selector) {
@@ -41,7 +77,42 @@ query($selector: ScheduleSelector!) {
     ... on PythonError { message }
   }
 }"""
-START_SCHEDULE = """
+START_LOCATION_STATE = """
+query($selector: RepositorySelector!) {
+  repositoryOrError(repositorySelector: $selector) {
+    __typename
+    ... on Repository {
+      schedules { name scheduleState { id status } }
+      sensors { name sensorState { id status } }
+      assetNodes { assetKey { path } }
+    }
+    ... on PythonError { message }
+    ... on RepositoryNotFoundError { message }
+  }
+  workspaceOrError {
+    __typename
+    ... on Workspace { locationEntries { name locationOrLoadError { __typename ... on PythonError { message } } } }
+  }
+}"""
+START_SENSOR = """
+mutation($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status } }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+STOP_SENSOR = """
+mutation($id: String!) {
+  stopSensor(id: $id) {
+    __typename
+    ... on StopSensorMutationResult { instigationState { status } }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+SCHEDULE = """
 mutation($selector: ScheduleSelector!) {
   startSchedule(scheduleSelector: $selector) {
     __typename
@@ -50,7 +121,42 @@ mutation($selector: ScheduleSelector!) {
     ... on UnauthorizedError { message }
   }
 }"""
-STOP_SCHEDULE = """
+STOP_LOCATION_STATE = """
+query($selector: RepositorySelector!) {
+  repositoryOrError(repositorySelector: $selector) {
+    __typename
+    ... on Repository {
+      schedules { name scheduleState { id status } }
+      sensors { name sensorState { id status } }
+      assetNodes { assetKey { path } }
+    }
+    ... on PythonError { message }
+    ... on RepositoryNotFoundError { message }
+  }
+  workspaceOrError {
+    __typename
+    ... on Workspace { locationEntries { name locationOrLoadError { __typename ... on PythonError { message } } } }
+  }
+}"""
+START_SENSOR = """
+mutation($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status } }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+STOP_SENSOR = """
+mutation($id: String!) {
+  stopSensor(id: $id) {
+    __typename
+    ... on StopSensorMutationResult { instigationState { status } }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+SCHEDULE = """
 mutation($id: String!) {
   stopRunningSchedule(id: $id) {
     __typename
@@ -63,6 +169,27 @@ mutation($id: String!) {
 
 class WebserverError(AudiencePipelinesError):
     pass
+
+
+@dataclass
+class LocationState:
+    """What the running code location defines: sync names and the state of each schedule and sensor."""
+
+    syncs: list[str]
+    schedules: dict[str, dict]  # name -> {id, status}
+    sensors: dict[str, dict]
+
+    def require_syncs(self, names: list[str]) -> None:
+        unknown = [n for n in names if n not in self.syncs]
+        if unknown:
+            raise WebserverError(f"no sync named {', '.join(repr(n) for n in unknown)} in code location "
+                                 f"'{LOCATION}' (known: {', '.join(self.syncs) or 'none'})")
+
+
+def first_line(message: str) -> str:
+    """The line of a Python error a person reads first: the exception, not the traceback."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[0] if lines else message
 
 
 class Webserver:
@@ -81,8 +208,32 @@ class Webserver:
             raise WebserverError(f"{self.url}/graphql answered {response.status_code}: {body.get('errors') or response.text[:300]}")
         return body["data"]
 
+    def location(self) -> LocationState:
+        """The loaded code location, or an error saying it failed to load and why."""
+        data = self.query(LOCATION_STATE, {"selector": {"repositoryLocationName": LOCATION,
+                                                        "repositoryName": REPOSITORY}})
+        repo = data["repositoryOrError"]
+        if repo["__typename"] != "Repository":
+            workspace = data["workspaceOrError"]
+            entries = workspace.get("locationEntries") or []
+            entry = next((e for e in entries if e["name"] == LOCATION), None)
+            error = (entry or {}).get("locationOrLoadError") or {}
+            if error.get("__typename") == "PythonError":
+                raise WebserverError(f"code location '{LOCATION}' failed to load: {first_line(error['message'])} "
+                                     f"(fix it, then reload the location in the UI or restart the webserver)")
+            if entry is None:
+                raise WebserverError(f"the webserver at {self.url} has no code location '{LOCATION}' "
+                                     f"(it has: {', '.join(e['name'] for e in entries) or 'none'})")
+            raise WebserverError(f"code location '{LOCATION}': {first_line(repo.get('message') or repo['__typename'])}")
+        syncs = sorted(n["assetKey"]["path"][1] for n in repo["assetNodes"]
+                       if len(n["assetKey"]["path"]) == 2 and n["assetKey"]["path"][0] == "syncs")
+        return LocationState(syncs=syncs,
+                             schedules={s["name"]: s["scheduleState"] for s in repo["schedules"]},
+                             sensors={s["name"]: s["sensorState"] for s in repo["sensors"]})
+
     def launch_resend(self, syncs: list[str]) -> str:
         """A Dagster asset backfill of the given syncs; every run of it resends full membership."""
+        self.location().require_syncs(syncs)
         params = {
             "assetSelection": [{"path": ["syncs", s]} for s in syncs],
             "allPartitions": True,  # required for unpartitioned assets
@@ -134,6 +285,19 @@ class Webserver:
         if result["__typename"] != "ScheduleStateResult":
             raise WebserverError(f"schedule '{schedule}' was not stopped: {result.get('message') or result}")
         return result["scheduleState"]["status"]
+
+    def start_sensor(self, sensor: str) -> str:
+        selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": sensor}
+        result = self.query(START_SENSOR, {"selector": selector})["startSensor"]
+        if result["__typename"] != "Sensor":
+            raise WebserverError(f"sensor '{sensor}' was not started: {result.get('message') or result}")
+        return result["sensorState"]["status"]
+
+    def stop_sensor(self, state_id: str, sensor: str) -> str:
+        result = self.query(STOP_SENSOR, {"id": state_id})["stopSensor"]
+        if result["__typename"] != "StopSensorMutationResult":
+            raise WebserverError(f"sensor '{sensor}' was not stopped: {result.get('message') or result}")
+        return result["instigationState"]["status"]
 
     def close(self) -> None:
         self._http.close()

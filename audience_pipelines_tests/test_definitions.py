@@ -53,7 +53,7 @@ def test_demo_materializes_and_second_run_sends_nothing(home):
     assert audience["dagster/row_count"] == len(expected)
     assert audience["null_keys"] + audience["duplicate_key_rows"] == audience["set_aside"] > 0
     sync = metadata(first, "syncs/high_value_to_crm")
-    assert sync["mode"] == "full" and sync["rows_added"] == len(expected) and sync["rows_failed"] == 0
+    assert sync["run_kind"] == "first_run" and sync["sync_mode"] == "mirror" and sync["rows_added"] == len(expected) and sync["rows_failed"] == 0
     held = crm_members(home, "high_value_customers")
     assert set(held) == expected
     # Emails land normalised: trimmed and lower-case, or null where malformed.
@@ -70,7 +70,7 @@ def test_demo_materializes_and_second_run_sends_nothing(home):
     for key in SYNCS:
         m = metadata(second, key)
         assert (m["rows_added"], m["rows_removed"], m["rows_updated"]) == (0, 0, 0), key
-        assert m["mode"] == "diff"
+        assert m["run_kind"] == "diff"
     assert crm_members(home, "high_value_customers") == held
 
 
@@ -80,7 +80,7 @@ def test_backfill_tag_and_full_resync_config_resend_every_member(home):
     materialize(defs, "audiences/high_value_customers", "syncs/high_value_to_crm", instance=instance)
     backfill = materialize(defs, "syncs/high_value_to_crm", instance=instance, tags={"dagster/backfill": "bf1"})
     m = metadata(backfill, "syncs/high_value_to_crm")
-    assert m["mode"] == "full" and m["rows_resent"] == len(expected_high_value(home)) and m["rows_added"] == 0
+    assert m["run_kind"] == "full_resend" and m["rows_resent"] == len(expected_high_value(home)) and m["rows_added"] == 0
     config = {"ops": {"syncs__high_value_to_crm": {"config": {"full_resync": True}}}}
     resync = materialize(defs, "syncs/high_value_to_crm", instance=instance, run_config=config)
     assert metadata(resync, "syncs/high_value_to_crm")["rows_resent"] == m["rows_resent"]

@@ -161,7 +161,7 @@ def test_a_new_target_audience_gets_everyone_and_the_old_one_is_left_alone(tmp_p
     run_sync(SPEC, members(3), dest, store, RunOptions(run_id="r1"))
     moved = SyncSpec(**{**SPEC.__dict__, "target": Target(name="vip_v2")})
     result = run_sync(moved, members(2), dest, store, RunOptions(run_id="r2"))
-    assert (result.added, result.removed, result.mode) == (2, 0, "full")
+    assert (result.added, result.removed, result.run_kind) == (2, 0, "first_run")
     assert any("destination audience changed from vip to vip_v2" in n for n in result.notes)
     assert set(dest.members("vip")) == {"c0", "c1", "c2"} and set(dest.members("vip_v2")) == {"c0", "c1"}
 

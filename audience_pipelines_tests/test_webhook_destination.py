@@ -78,7 +78,7 @@ BASE["k6"] = ("  Mixed.Case@Example.COM ", "pro")
 
 def test_first_run_sends_all_then_only_changes(hook, store):
     first = run(hook, store, BASE, "r1")
-    assert (first.mode, first.added, first.failed, first.set_aside) == ("full", 6, 0, 0)
+    assert (first.run_kind, first.added, first.failed, first.set_aside) == ("first_run", 6, 0, 0)
     assert hook.members == {"vip": expected(BASE)}
     assert hook.members["vip"]["k6"]["email"] == "mixed.case@example.com"
     assert snapshot_keys(store) == set(BASE)
@@ -88,7 +88,7 @@ def test_first_run_sends_all_then_only_changes(hook, store):
     new["k3"] = ("changed3@example.com", "free")  # identifier change
     new["k7"] = ("user7@example.com", "free")
     second = run(hook, store, new, "r2")
-    assert (second.mode, second.added, second.removed, second.updated, second.unchanged, second.failed) == (
+    assert (second.run_kind, second.added, second.removed, second.updated, second.unchanged, second.failed) == (
         "diff", 1, 1, 2, 3, 0)
     assert hook.members == {"vip": expected(new)}
     # Only the changes travelled: exactly these rows, once each.

@@ -78,3 +78,20 @@ def build_schedule(name: str, choice: ScheduleChoice, key: dg.AssetKey, owner: s
         default_status=dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED,
         description=f"{owner}: {describe(choice)}",
     )]
+
+
+_HUMAN = {
+    MANUAL: "manual (runs only when launched)",
+    ON_AUDIENCE_UPDATE: "whenever its audience is materialized (on_audience_update)",
+    "every_15_minutes": "every 15 minutes",
+    "hourly": "hourly, on the hour (UTC)",
+    "daily": "daily at 06:00 UTC",
+    "weekly": "weekly, Mondays at 06:00 UTC",
+}
+
+
+def human(choice: ScheduleChoice) -> str:
+    """A schedule as a person would say it."""
+    if isinstance(choice, CronSchedule):
+        return f"cron `{choice.cron}` ({choice.timezone})"
+    return _HUMAN.get(choice, choice)

@@ -8,15 +8,16 @@ from audience_pipelines.components.audience import Audience, audience_key
 from audience_pipelines.components.catalog import find, where
 from audience_pipelines.components.destination import KIND_TAGS, Destination
 from audience_pipelines.components.schedules import (
-    MANUAL, ON_AUDIENCE_UPDATE, ScheduleChoice, build_schedule, cron_of, describe, runs_per_four_weeks,
+    MANUAL, ON_AUDIENCE_UPDATE, ScheduleChoice, build_schedule, cron_of, describe, human, runs_per_four_weeks,
 )
-from audience_pipelines.components.settings import FULL_RESYNC_TAG, schedules_running
+from audience_pipelines.components.settings import FULL_RESYNC_TAG, automation_interval_seconds, schedules_running
 from audience_pipelines.components.yaml_text import Text
 from audience_pipelines.destinations import Target
 from audience_pipelines.engine import (
     AudiencePipelinesError, ConfigError, MassRemovalBlocked, RunOptions, SyncResult, SyncSpec, run_sync,
 )
-from audience_pipelines.engine.sync import MODES, REMOVALS
+from audience_pipelines.engine.history import RunRecord
+from audience_pipelines.engine.sync import MODES, REMOVALS, RUN_KIND_TEXT, planned_run_kind
 from audience_pipelines.resources import AudienceStorage
 
 FAILURE_RATE_CHECK = "failure_rate_below_threshold"
@@ -42,6 +43,18 @@ def schedule_name(sync: str) -> str:
     return f"sync_{sync}_schedule"
 
 
+def automation_sensor_name(sync: str) -> str:
+    """The sensor that runs an on_audience_update sync; stopping it pauses the sync."""
+    return f"sync_{sync}_automation"
+
+
+def allow_mass_removal_hint(sync: str) -> str:
+    config = f'{{"ops": {{"syncs__{sync}": {{"config": {{"allow_mass_removal": true}}}}}}}}'
+    return (f"launch it again with the run config {config} (Launchpad: shift-click Materialize on "
+            f"syncs/{sync}), or from a shell: dagster asset materialize -m audience_pipelines.definitions "
+            f"--select syncs/{sync} --config-json '{config}'")
+
+
 def sync_key(name: str) -> dg.AssetKey:
     return dg.AssetKey(["syncs", name])
 
@@ -50,7 +63,14 @@ def is_full_resync(config: SyncRunConfig, tags: dict[str, str]) -> bool:
     return config.full_resync or BACKFILL_TAG in tags or tags.get(FULL_RESYNC_TAG) == "true"
 
 
-def result_metadata(r: SyncResult) -> dict:
+def invalid_identifiers_not_sent(r: SyncResult) -> dict:
+    """Per identifier kind: members whose value failed normalisation, and what became of them."""
+    return {kind: {"members": n, "set_aside": r.invalid_identifiers_set_aside.get(kind, 0),
+                   "sent_without_it": n - r.invalid_identifiers_set_aside.get(kind, 0)}
+            for kind, n in r.invalid_identifiers.items()}
+
+
+def result_metadata(r: SyncResult, error: str | None = None) -> dict:
     return {
         "dagster/row_count": r.snapshot_rows,
         "rows_added": r.added, "rows_removed": r.removed, "rows_updated": r.updated,
@@ -58,17 +78,18 @@ def result_metadata(r: SyncResult) -> dict:
         "rows_skipped": r.skipped, "rows_unchanged": r.unchanged, "membership_rows": r.membership_rows,
         "rows_shared_not_withdrawn": r.shared_not_withdrawn,
         "failure_rate": r.failure_rate, "duration_s": round(r.duration_s, 3),
-        "mode": r.mode, "sync_mode": r.sync_mode, "status": r.status,
+        "run_kind": r.run_kind, "sync_mode": r.sync_mode, "status": "error" if error else r.status,
         "destination_audience_id": r.destination_audience_id,
         "audience_size": dg.MetadataValue.int(r.audience_size) if r.audience_size is not None
         else dg.MetadataValue.null(),
-        "invalid_identifiers": dg.MetadataValue.json(r.invalid_identifiers),
+        "invalid_identifiers_not_sent": dg.MetadataValue.json(invalid_identifiers_not_sent(r)),
         "destination_stats": dg.MetadataValue.json(r.destination_stats),
         "errors_sample": dg.MetadataValue.json(r.errors_sample),
         "set_aside_sample": dg.MetadataValue.json(r.set_aside_sample),
         "rejected_rows_file": dg.MetadataValue.path(r.rejected_path) if r.rejected_path
         else dg.MetadataValue.null(),
         "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in r.notes)) if r.notes else dg.MetadataValue.null(),
+        **({"error": dg.MetadataValue.md(error)} if error else {}),
     }
 
 
@@ -151,36 +172,54 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             raise ConfigError(f"{at}: {exc}") from None
         return spec, audience, destination
 
-    def describe(self, spec: SyncSpec, destination: Destination) -> str:
+    def describe(self, spec: SyncSpec, destination: Destination, warning: str | None) -> str:
+        """The sync's configuration as a person would write it; settings its mode ignores are left out."""
         lines = [
             f"Syncs audience `{spec.audience}` to destination `{destination.name}` ({destination.type}).",
             "",
-            f"- target: {spec.target.describe()}",
-            f"- mode: {spec.mode}; removal: {spec.removal}; mass-removal guard: {spec.max_removal_share:.0%}",
-            f"- identifiers: {spec.identifiers or 'none (the key identifies members)'}",
-            f"- fields: {spec.fields or 'none'}",
-            f"- schedule: {describe(self.schedule)}",
-            f"- failure-rate threshold: {self.max_failure_rate:.0%}",
         ]
-        if spec.default_region or spec.region_column:
-            lines.append(f"- phone region: {spec.region_column or spec.default_region}")
+        if warning:
+            lines += [f"**Warning:** {warning}", ""]
+        lines.append(f"- target: destination audience {spec.target.describe()}")
+        if spec.mode == "mirror":
+            lines.append("- mode: mirror (adds, updates and removes)" if spec.sends_removes else
+                         "- mode: mirror with removal: do_nothing (adds and updates; departed members stay)")
+        elif spec.mode == "additive":
+            lines.append("- mode: additive (adds and updates; never removes)")
+        else:
+            lines.append("- mode: subtractive (only removes departed members)" if spec.sends_removes else
+                         "- mode: subtractive with removal: do_nothing (sends nothing)")
+        if spec.sends_removes:
+            lines.append(f"- mass-removal guard: a run may remove at most {spec.max_removal_share:.0%} "
+                         "of the members held")
+        lines.append(f"- identifiers: {_mapping(spec.identifiers) or 'none (the key identifies members)'}")
+        if "phone" in spec.identifiers and (spec.region_column or spec.default_region):
+            region = f"column `{spec.region_column}`" if spec.region_column else spec.default_region
+            lines.append(f"- phone numbers without a country code: region from {region}")
+        if spec.sends_adds:
+            lines.append(f"- fields: {_mapping(spec.fields) or 'none'}")
+        lines += [f"- schedule: {human(self.schedule)}",
+                  f"- failure-rate threshold: {self.max_failure_rate:.0%}"]
         return "\n".join(lines)
 
-    def warn_if_faster_than_audience(self, context: dg.ComponentLoadContext, audience: Audience) -> None:
+    def schedule_warning(self, context: dg.ComponentLoadContext, audience: Audience) -> str | None:
+        """Why this schedule wastes runs, if it does: the sync runs more often than its audience changes."""
         sync_runs = runs_per_four_weeks(self.schedule)
         if sync_runs is None:
-            return
+            return None
         audience_runs = runs_per_four_weeks(audience.schedule)
-        if audience_runs is None or sync_runs > audience_runs:
-            evaluated = "never on a schedule (manual)" if audience_runs is None else describe(audience.schedule)
-            warnings.warn(ScheduleWarning(
-                f"{where(context)}: sync '{self.name}' runs {describe(self.schedule)} but its audience "
-                f"'{audience.name}' is evaluated {evaluated}; most sync runs will find nothing new. "
-                f"Consider schedule: {ON_AUDIENCE_UPDATE}."), stacklevel=2)
+        if audience_runs is not None and sync_runs <= audience_runs:
+            return None
+        evaluated = "never on a schedule (manual)" if audience_runs is None else describe(audience.schedule)
+        return (f"sync '{self.name}' runs {describe(self.schedule)} but its audience '{audience.name}' is "
+                f"evaluated {evaluated}; most sync runs will find nothing new. "
+                f"Consider schedule: {ON_AUDIENCE_UPDATE}.")
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         spec, audience, destination = self.spec(context)
-        self.warn_if_faster_than_audience(context, audience)
+        warning = self.schedule_warning(context, audience)
+        if warning:
+            warnings.warn(ScheduleWarning(f"{where(context)}: {warning}"), stacklevel=2)
         key = sync_key(self.name)
         dest_key = destination.resource_key
         max_failure_rate = self.max_failure_rate
@@ -192,20 +231,21 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                 raise dg.Failure(f"sync '{spec.name}': audience '{spec.audience}' has not been materialized yet "
                                  f"(no {path}); materialize audiences/{spec.audience} first")
             members = pq.read_table(path)
+            store = storage.snapshot_store(spec.name)
             context.log.info(f"sync '{spec.name}': {members.num_rows:,} members, "
-                             f"{'full resend' if full else 'diff'} run")
+                             f"{RUN_KIND_TEXT[planned_run_kind(store, full)]}")
             target = getattr(context.resources, dest_key).build(storage)
             try:
-                return run_sync(spec, members, target, storage.snapshot_store(spec.name), RunOptions(
+                return run_sync(spec, members, target, store, RunOptions(
                     run_id=context.run.run_id, full_resync=full, allow_mass_removal=config.allow_mass_removal,
-                    progress=context.log.info))
+                    progress=context.log.info, allow_mass_removal_hint=allow_mass_removal_hint(spec.name)))
             finally:
                 target.close()
 
         @dg.asset(
             key=key, deps=[audience_key(audience.name)], group_name="syncs",
             kinds={KIND_TAGS.get(destination.type, destination.type)},
-            description=self.describe(spec, destination),
+            description=self.describe(spec, destination, warning),
             required_resource_keys={"audience_storage", dest_key},
             check_specs=[
                 dg.AssetCheckSpec(FAILURE_RATE_CHECK, asset=key,
@@ -220,7 +260,8 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             pool=destination.pool or f"sync_{self.name}",
             automation_condition=dg.AutomationCondition.eager() if self.schedule == ON_AUDIENCE_UPDATE else None,
             metadata={"audience": audience.name, "destination": destination.name,
-                      "destination_type": destination.type, "mode": spec.mode},
+                      "destination_type": destination.type, "sync_mode": spec.mode,
+                      **({"schedule_warning": warning} if warning else {})},
         )
         def _sync(context: dg.AssetExecutionContext, config: SyncRunConfig) -> dg.MaterializeResult:
             storage: AudienceStorage = context.resources.audience_storage
@@ -229,7 +270,24 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             try:
                 result = _run(context, storage, config, full)
             except Exception as exc:
-                storage.record_failure(spec.name, context.run.run_id, started, "full" if full else "diff", exc)
+                message = str(exc) or type(exc).__name__
+                partial: SyncResult | None = getattr(exc, "result", None)
+                finished = dt.datetime.now(dt.timezone.utc)
+                if partial is None:  # stopped before it planned anything
+                    record = RunRecord(
+                        run_id=context.run.run_id, sync=spec.name, started_at=started, finished_at=finished,
+                        status="error", run_kind=planned_run_kind(storage.snapshot_store(spec.name), full),
+                        sync_mode=spec.mode, duration_s=(finished - started).total_seconds(), error=message[:4000])
+                    partial = SyncResult(sync=spec.name, run_id=context.run.run_id, run_kind=record.run_kind,
+                                         sync_mode=spec.mode, destination_audience_id="",
+                                         duration_s=record.duration_s)
+                else:
+                    record = RunRecord.from_result(partial, started, finished, status="error", error=message[:4000])
+                storage.record_run(record)
+                # The failure on the asset itself, beside the last success: what failed and what got through.
+                failed_metadata = result_metadata(partial, error=message[:2000])
+                context.log_event(dg.AssetObservation(asset_key=key, metadata=failed_metadata,
+                                                      description=f"Failed: {message.splitlines()[0][:300]}"))
                 if isinstance(exc, MassRemovalBlocked):
                     # Shown as a failed check on the asset, beside the failed run.
                     context.log_event(dg.AssetCheckEvaluation(
@@ -237,9 +295,9 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                         severity=dg.AssetCheckSeverity.ERROR,
                         metadata={"would_remove": exc.removes, "held": exc.held, "limit": exc.limit}))
                 if isinstance(exc, AudiencePipelinesError):
-                    raise dg.Failure(description=str(exc)) from exc
+                    raise dg.Failure(description=message, metadata=failed_metadata) from exc
                 raise
-            storage.record_result(result, started)
+            storage.record_run(RunRecord.from_result(result, started, dt.datetime.now(dt.timezone.utc)))
             return dg.MaterializeResult(
                 metadata=result_metadata(result),
                 check_results=[
@@ -255,6 +313,20 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                 ],
             )
 
+        running = schedules_running(context)
         schedules = build_schedule(schedule_name(self.name), self.schedule, key, f"sync '{self.name}'",
-                                   running=schedules_running(context))
-        return dg.Definitions(assets=[_sync], schedules=schedules)
+                                   running=running)
+        # One sensor per sync, so each on_audience_update sync can be paused on its own.
+        sensors = [dg.AutomationConditionSensorDefinition(
+            automation_sensor_name(self.name), target=dg.AssetSelection.assets(key),
+            default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED,
+            minimum_interval_seconds=automation_interval_seconds(context),
+            description=f"Runs sync '{self.name}' whenever audience '{audience.name}' is materialized; "
+                        "stop it to pause the sync",
+        )] if self.schedule == ON_AUDIENCE_UPDATE else []
+        return dg.Definitions(assets=[_sync], schedules=schedules, sensors=sensors)
+
+
+def _mapping(mapping: dict[str, str]) -> str:
+    """`email`, `plan` <- `plan_name`: a name alone when the column has the same name."""
+    return ", ".join(f"`{k}`" if k == c else f"`{k}` ← column `{c}`" for k, c in mapping.items())

@@ -22,9 +22,10 @@ class SyncAlreadyRunning(AudiencePipelinesError):
 
 
 class MassRemovalBlocked(AudiencePipelinesError):
-    def __init__(self, message: str, *, removes: int, held: int, limit: float):
+    def __init__(self, message: str, *, removes: int, held: int, limit: float, result=None):
         super().__init__(message)
         self.removes, self.held, self.limit = removes, held, limit
+        self.result = result  # the SyncResult as far as the run got: nothing sent
 
 
 class DestinationError(AudiencePipelinesError):
@@ -50,3 +51,7 @@ class RowsRefused(DestinationError):
 
 class SyncAborted(AudiencePipelinesError):
     """A run stopped part-way; what the destination accepted before was committed."""
+
+    def __init__(self, message: str, *, result=None):
+        super().__init__(message)
+        self.result = result  # the SyncResult: counts of what was accepted before the stop

@@ -1,7 +1,9 @@
 """Run history of syncs in a table any SQLAlchemy database can hold.
 
 SQLite beside the snapshots by default; PostgreSQL (or any URL) when
-configured. One row per sync run, failed runs included.
+configured. One row per attempt of one sync in one run, failed ones included:
+a run that materializes several syncs keeps a row for each, and a retried
+step adds a row instead of replacing the first attempt's.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ TABLE = "audience_sync_runs"
 _md = sa.MetaData()
 runs = sa.Table(
     TABLE, _md,
-    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("sync", sa.String(200), nullable=False, index=True),
+    sa.Column("attempt", sa.Integer, nullable=False, default=1),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("status", sa.String(20), nullable=False),  # success | partial_failure | error
-    sa.Column("mode", sa.String(10)),  # diff | full
+    sa.Column("run_kind", sa.String(20)),  # first_run | full_resend | diff (full: recorded before they were told apart)
+    sa.Column("sync_mode", sa.String(20)),  # mirror | additive | subtractive
     sa.Column("added", sa.BigInteger, default=0),
     sa.Column("removed", sa.BigInteger, default=0),
     sa.Column("updated", sa.BigInteger, default=0),
@@ -34,6 +39,7 @@ runs = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("errors_sample", sa.Text),  # JSON
     sa.Column("rejected_path", sa.Text),
+    sa.UniqueConstraint("run_id", "sync", "attempt", name="audience_sync_runs_attempt"),
 )
 COUNTS = ("added", "removed", "updated", "resent", "failed", "set_aside", "skipped")
 
@@ -45,7 +51,8 @@ class RunRecord:
     started_at: dt.datetime
     finished_at: dt.datetime
     status: str
-    mode: str | None = None
+    run_kind: str | None = None
+    sync_mode: str | None = None
     added: int = 0
     removed: int = 0
     updated: int = 0
@@ -58,36 +65,60 @@ class RunRecord:
     error: str | None = None
     errors_sample: list | None = None
     rejected_path: str | None = None
-
+    attempt: int = 1
 
     @classmethod
-    def from_result(cls, r, started_at: dt.datetime, finished_at: dt.datetime) -> "RunRecord":
-        """The record of a completed run (`r` is an engine SyncResult)."""
+    def from_result(cls, r, started_at: dt.datetime, finished_at: dt.datetime, *, status: str | None = None,
+                    error: str | None = None) -> "RunRecord":
+        """The record of a run (`r` is an engine SyncResult, complete or as far as a stopped run got)."""
         return cls(run_id=r.run_id, sync=r.sync, started_at=started_at, finished_at=finished_at,
-                   status=r.status, mode=r.mode, duration_s=r.duration_s,
+                   status=status or r.status, run_kind=r.run_kind, sync_mode=r.sync_mode,
+                   duration_s=(finished_at - started_at).total_seconds(),
                    destination_audience_id=r.destination_audience_id, errors_sample=r.errors_sample,
-                   rejected_path=r.rejected_path, **{c: getattr(r, c) for c in COUNTS})
+                   rejected_path=r.rejected_path, error=error, **{c: getattr(r, c) for c in COUNTS})
 
 
 class RunHistory:
     def __init__(self, url: str):
         self.engine = sa.create_engine(url)
-        _md.create_all(self.engine, tables=[runs], checkfirst=True)
+        with self.engine.begin() as conn:
+            _migrate(conn)
+            _md.create_all(conn, tables=[runs], checkfirst=True)
 
-    def record(self, rec: RunRecord) -> None:
+    def record(self, rec: RunRecord) -> RunRecord:
+        """Adds the record as the next attempt of its (run, sync); returns it with that attempt number."""
         values = {**rec.__dict__, "errors_sample": json.dumps(rec.errors_sample or [], default=str)}
         with self.engine.begin() as conn:
-            # A retried step reuses the run id: the last attempt's outcome wins.
-            conn.execute(sa.delete(runs).where(runs.c.run_id == rec.run_id))
+            last = conn.execute(sa.select(sa.func.max(runs.c.attempt)).where(
+                runs.c.run_id == rec.run_id, runs.c.sync == rec.sync)).scalar()
+            values["attempt"] = (last or 0) + 1
             conn.execute(sa.insert(runs), [values])
+        return RunRecord(**{**rec.__dict__, "attempt": values["attempt"]})
 
     def list(self, sync: str | None = None, limit: int = 20) -> list[RunRecord]:
-        q = sa.select(runs).order_by(runs.c.started_at.desc()).limit(limit)
+        q = sa.select(runs).order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(limit)
         if sync:
             q = q.where(runs.c.sync == sync)
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
-        return [RunRecord(**{**r, "errors_sample": json.loads(r["errors_sample"] or "[]")}) for r in rows]
+        return [RunRecord(**{k: v for k, v in r.items() if k != "id"}
+                          | {"errors_sample": json.loads(r["errors_sample"] or "[]")}) for r in rows]
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _migrate(conn: sa.Connection) -> None:
+    """Moves a table of the first layout (one row per run id, a `mode` column) into the current one."""
+    inspector = sa.inspect(conn)
+    if not inspector.has_table(TABLE) or "attempt" in {c["name"] for c in inspector.get_columns(TABLE)}:
+        return
+    old = sa.Table(TABLE, sa.MetaData(), autoload_with=conn)
+    rows = [dict(r) for r in conn.execute(sa.select(old)).mappings()]
+    old.drop(conn)
+    _md.create_all(conn, tables=[runs])
+    for r in rows:
+        r["run_kind"] = r.pop("mode", None)
+        r["attempt"] = 1
+    if rows:
+        conn.execute(sa.insert(runs), rows)

@@ -24,7 +24,9 @@ class Payload:
     field_columns: list[str]
     set_aside: int = 0
     set_aside_samples: list[dict] = field(default_factory=list)
-    invalid_identifiers: dict[str, int] = field(default_factory=dict)
+    invalid_identifiers: dict[str, int] = field(default_factory=dict)  # kind -> values that failed
+    # kind -> members with a failed value who were set aside: no other usable identifier was left
+    invalid_identifiers_set_aside: dict[str, int] = field(default_factory=dict)
 
 
 def _string(values: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -71,6 +73,7 @@ def build_payload(
     cols: dict[str, pa.ChunkedArray | pa.Array] = {KEY: keys}
     id_cols: list[str] = []
     invalid: dict[str, int] = {}
+    invalid_masks: dict[str, np.ndarray] = {}
     usable = np.zeros(n, dtype=bool)
     for kind, col in identifiers.items():
         region = members[region_column] if region_column and kind == "phone" else default_region
@@ -78,6 +81,7 @@ def build_payload(
         bad = int(pc.sum(norm.invalid).as_py() or 0)
         if bad:
             invalid[kind] = bad
+            invalid_masks[kind] = np.asarray(norm.invalid.fill_null(False), dtype=bool)
         sent = destination.transform_identifier(kind, norm.values)
         name = destination.identifier_column(kind)
         cols[name] = sent
@@ -90,7 +94,9 @@ def build_payload(
         field_cols.append(name)
     table = pa.table(cols)
     set_aside, samples = 0, []
+    invalid_set_aside: dict[str, int] = {}
     if destination.capabilities.requires_identifier and not usable.all():
+        invalid_set_aside = {k: int((m & ~usable).sum()) for k, m in invalid_masks.items()}
         drop = ~usable
         set_aside = int(drop.sum())
         sample_keys = keys.filter(pa.array(drop)).slice(0, SAMPLE).to_pylist()
@@ -99,4 +105,4 @@ def build_payload(
     kh = key_hash(table[KEY])
     rh = row_hash([table[c] for c in id_cols + field_cols], table[KEY])
     table = table.append_column(KEY_HASH, pa.array(kh, pa.uint64())).append_column(ROW_HASH, pa.array(rh, pa.uint64()))
-    return Payload(table, id_cols, field_cols, set_aside, samples, invalid)
+    return Payload(table, id_cols, field_cols, set_aside, samples, invalid, invalid_set_aside)

@@ -22,6 +22,9 @@ from audience_pipelines.engine.snapshot import Manifest, SnapshotStore
 
 MODES = ("mirror", "additive", "subtractive")
 REMOVALS = ("remove", "do_nothing")
+# What one run sends: everything (no snapshot yet, or a full resend asked for) or only the changes.
+FIRST_RUN, FULL_RESEND, DIFF = "first_run", "full_resend", "diff"
+RUN_KIND_TEXT = {FIRST_RUN: "first run (full)", FULL_RESEND: "full resend", DIFF: "diff run"}
 
 
 @dataclass(frozen=True)
@@ -67,13 +70,15 @@ class RunOptions:
     allow_mass_removal: bool = False
     progress: Callable[[str], None] | None = None
     progress_interval_s: float = 5.0
+    # How a person allows a mass removal where this run was launched (the orchestrator knows).
+    allow_mass_removal_hint: str = "run it again with allow_mass_removal set"
 
 
 @dataclass
 class SyncResult:
     sync: str
     run_id: str
-    mode: str  # diff | full
+    run_kind: str  # first_run | full_resend | diff
     sync_mode: str  # mirror | additive | subtractive
     destination_audience_id: str
     added: int = 0
@@ -90,6 +95,7 @@ class SyncResult:
     snapshot_rows: int = 0
     held_before: int = 0  # members the destination held (as far as we knew) when the run started
     invalid_identifiers: dict[str, int] = field(default_factory=dict)
+    invalid_identifiers_set_aside: dict[str, int] = field(default_factory=dict)
     destination_stats: dict[str, int] = field(default_factory=dict)
     errors_sample: list[dict] = field(default_factory=list)
     set_aside_sample: list[dict] = field(default_factory=list)
@@ -109,6 +115,14 @@ class SyncResult:
     @property
     def status(self) -> str:
         return "partial_failure" if self.failed else "success"
+
+
+def planned_run_kind(store: SnapshotStore, full_resync: bool) -> str:
+    """The kind of run about to start, known before anything is read or sent."""
+    manifest = store.manifest()
+    if manifest is None or not manifest.snapshot_file:
+        return FIRST_RUN
+    return FULL_RESEND if full_resync else DIFF
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -173,13 +187,13 @@ def run_sync(
         plan = plan_diff(payload.table, old)
         result = SyncResult(
             sync=spec.name, run_id=options.run_id,
-            mode="full" if (options.full_resync or first_run) else "diff",
+            run_kind=FIRST_RUN if first_run else FULL_RESEND if options.full_resync else DIFF,
             sync_mode=spec.mode, destination_audience_id=audience_id,
             membership_rows=members.num_rows, set_aside=payload.set_aside, held_before=old.num_rows,
             set_aside_sample=payload.set_aside_samples, invalid_identifiers=payload.invalid_identifiers,
-            notes=notes,
+            invalid_identifiers_set_aside=payload.invalid_identifiers_set_aside, notes=notes,
         )
-        _guard_mass_removal(spec, plan, old.num_rows, options)
+        _guard_mass_removal(spec, plan, old.num_rows, options, result)
         ops = _operations(spec, plan, payload, old, options, result, _match_columns(spec, destination))
         # Journal what is about to be sent: if this run dies, the next one resends it.
         journal = _journal(ops, pending)
@@ -224,7 +238,7 @@ def run_sync(
                 f"sync '{spec.name}' stopped after {outcome.rows_done} of {outcome.rows_total} rows: "
                 f"{outcome.error}. What the destination accepted before that was committed "
                 f"(added {result.added}, removed {result.removed}, updated {result.updated}); "
-                "the next run sends the rest."
+                "the next run sends the rest.", result=result,
             ) from outcome.error
         try:
             result.audience_size = destination.audience_size(audience_id)
@@ -289,7 +303,8 @@ def _match_columns(spec: SyncSpec, destination: Destination) -> list[str]:
     return strong or [destination.identifier_column(k) for k in spec.identifiers]
 
 
-def _guard_mass_removal(spec: SyncSpec, plan: DiffPlan, held: int, options: RunOptions) -> None:
+def _guard_mass_removal(spec: SyncSpec, plan: DiffPlan, held: int, options: RunOptions,
+                        result: SyncResult) -> None:
     removes = len(plan.remove)
     if not spec.sends_removes or held == 0 or options.allow_mass_removal:
         return
@@ -299,9 +314,9 @@ def _guard_mass_removal(spec: SyncSpec, plan: DiffPlan, held: int, options: RunO
             f"sync '{spec.name}' would remove {removes} of the {held} members the destination holds "
             f"({share:.0%}), more than its mass-removal guard allows ({spec.max_removal_share:.0%}); "
             f"the audience now has {plan.counts['adds'] + plan.counts['updates'] + plan.counts['unchanged']} "
-            "rows. Nothing was sent and the snapshot is unchanged. If the removal is intended, rerun with "
-            "allow_mass_removal: true in the run config.",
-            removes=removes, held=held, limit=spec.max_removal_share,
+            f"rows. Nothing was sent and the snapshot is unchanged. If the removal is intended, "
+            f"{options.allow_mass_removal_hint}.",
+            removes=removes, held=held, limit=spec.max_removal_share, result=result,
         )
 
 
