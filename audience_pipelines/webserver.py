@@ -47,7 +47,8 @@ query($selector: RepositorySelector!) {
   }
   workspaceOrError {
     __typename
-    ... on Workspace { locationEntries { name locationOrLoadError { __typename ... on PythonError { message } } } }
+    ... on Workspace { locationEntries { name locationOrLoadError {
+      __typename ... on PythonError { message errorChain { error { message } } } } } }
   }
 }"""
 START_SENSOR = """
@@ -91,7 +92,8 @@ query($selector: RepositorySelector!) {
   }
   workspaceOrError {
     __typename
-    ... on Workspace { locationEntries { name locationOrLoadError { __typename ... on PythonError { message } } } }
+    ... on Workspace { locationEntries { name locationOrLoadError {
+      __typename ... on PythonError { message errorChain { error { message } } } } } }
   }
 }"""
 START_SENSOR = """
@@ -135,7 +137,8 @@ query($selector: RepositorySelector!) {
   }
   workspaceOrError {
     __typename
-    ... on Workspace { locationEntries { name locationOrLoadError { __typename ... on PythonError { message } } } }
+    ... on Workspace { locationEntries { name locationOrLoadError {
+      __typename ... on PythonError { message errorChain { error { message } } } } } }
   }
 }"""
 START_SENSOR = """
@@ -219,7 +222,9 @@ class Webserver:
             entry = next((e for e in entries if e["name"] == LOCATION), None)
             error = (entry or {}).get("locationOrLoadError") or {}
             if error.get("__typename") == "PythonError":
-                raise WebserverError(f"code location '{LOCATION}' failed to load: {first_line(error['message'])} "
+                # Dagster wraps the project's own error: the last in the chain is the one to act on.
+                root = ([e["error"]["message"] for e in error.get("errorChain") or []] or [error["message"]])[-1]
+                raise WebserverError(f"code location '{LOCATION}' failed to load: {first_line(root)} "
                                      f"(fix it, then reload the location in the UI or restart the webserver)")
             if entry is None:
                 raise WebserverError(f"the webserver at {self.url} has no code location '{LOCATION}' "

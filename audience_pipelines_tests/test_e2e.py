@@ -156,7 +156,7 @@ def test_automation_backfill_resend_full_resync_pause_and_history(dagster):
     web: Webserver = dagster["web"]
     started = time.monotonic()
     sensor = web.query(START_SENSOR, {"selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY,
-                                                   "sensorName": "audience_sync_automation"}})
+                                                   "sensorName": "sync_high_value_to_crm_automation"}})
     assert sensor["startSensor"]["sensorState"]["status"] == "RUNNING"
 
     # Materializing the audience makes the automation sensor launch its sync.
@@ -164,7 +164,7 @@ def test_automation_backfill_resend_full_resync_pause_and_history(dagster):
     members = membership(dagster, "high_value_customers")
 
     def automated_sync_succeeded():
-        runs = web.query(RUNS, {"filter": {"tags": [{"key": "dagster/sensor_name", "value": "audience_sync_automation"}]}})
+        runs = web.query(RUNS, {"filter": {"tags": [{"key": "dagster/sensor_name", "value": "sync_high_value_to_crm_automation"}]}})
         return [r for r in runs["runsOrError"]["results"] if r["status"] == "SUCCESS"]
 
     wait_for("the automation sensor's sync run", automated_sync_succeeded, timeout=180, every=2)
@@ -190,11 +190,27 @@ def test_automation_backfill_resend_full_resync_pause_and_history(dagster):
     assert web.schedule_status("sync_newsletter_export_schedule")["status"] == "RUNNING"
     cli(dagster, "pause", "newsletter_export", "--url", web.url)
     assert web.schedule_status("sync_newsletter_export_schedule")["status"] == "STOPPED"
+    # An on_audience_update sync pauses through its own automation sensor, the UI's sensor toggle.
+    out = cli(dagster, "pause", "high_value_to_crm", "--url", web.url)
+    assert "paused (sensor sync_high_value_to_crm_automation stopped)" in out
+    assert web.location().sensors["sync_high_value_to_crm_automation"]["status"] == "STOPPED"
+    assert web.location().sensors["sync_churn_risk_to_crm_automation"]["status"] == "STOPPED"
+    out = cli(dagster, "resume", "high_value_to_crm", "--url", web.url)
+    assert "resumed (sensor sync_high_value_to_crm_automation running)" in out
+    assert web.location().sensors["sync_high_value_to_crm_automation"]["status"] == "RUNNING"
+
+    # Unknown syncs are named, with the known ones, instead of a GraphQL error.
+    for command in ("resend", "pause"):
+        out = subprocess.run([str(BIN / "audience-pipelines"), command, "high_value_to_crn", "--url", web.url],
+                             cwd=REPO, env=dagster["env"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert "no sync named 'high_value_to_crn' in code location 'audience_pipelines' (known: " \
+            "churn_risk_to_crm, high_value_to_crm, newsletter_export)" in out.stderr
 
     history = cli(dagster, "runs", "high_value_to_crm")
     lines = [line for line in history.splitlines()[1:] if not line.startswith(" ")]
     assert len(lines) == 2 and all(" success " in line for line in lines)
-    assert " full " in lines[0]  # newest first: the resend
+    assert " full_resend " in lines[0] and " first_run " in lines[1]  # newest first: the resend
     print(f"end-to-end scenario took {time.monotonic() - started:.1f}s")
 
 
