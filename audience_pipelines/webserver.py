@@ -78,43 +78,7 @@ query($selector: ScheduleSelector!) {
     ... on PythonError { message }
   }
 }"""
-START_LOCATION_STATE = """
-query($selector: RepositorySelector!) {
-  repositoryOrError(repositorySelector: $selector) {
-    __typename
-    ... on Repository {
-      schedules { name scheduleState { id status } }
-      sensors { name sensorState { id status } }
-      assetNodes { assetKey { path } }
-    }
-    ... on PythonError { message }
-    ... on RepositoryNotFoundError { message }
-  }
-  workspaceOrError {
-    __typename
-    ... on Workspace { locationEntries { name locationOrLoadError {
-      __typename ... on PythonError { message errorChain { error { message } } } } } }
-  }
-}"""
-START_SENSOR = """
-mutation($selector: SensorSelector!) {
-  startSensor(sensorSelector: $selector) {
-    __typename
-    ... on Sensor { sensorState { status } }
-    ... on PythonError { message }
-    ... on UnauthorizedError { message }
-  }
-}"""
-STOP_SENSOR = """
-mutation($id: String!) {
-  stopSensor(id: $id) {
-    __typename
-    ... on StopSensorMutationResult { instigationState { status } }
-    ... on PythonError { message }
-    ... on UnauthorizedError { message }
-  }
-}"""
-SCHEDULE = """
+START_SCHEDULE = """
 mutation($selector: ScheduleSelector!) {
   startSchedule(scheduleSelector: $selector) {
     __typename
@@ -123,43 +87,7 @@ mutation($selector: ScheduleSelector!) {
     ... on UnauthorizedError { message }
   }
 }"""
-STOP_LOCATION_STATE = """
-query($selector: RepositorySelector!) {
-  repositoryOrError(repositorySelector: $selector) {
-    __typename
-    ... on Repository {
-      schedules { name scheduleState { id status } }
-      sensors { name sensorState { id status } }
-      assetNodes { assetKey { path } }
-    }
-    ... on PythonError { message }
-    ... on RepositoryNotFoundError { message }
-  }
-  workspaceOrError {
-    __typename
-    ... on Workspace { locationEntries { name locationOrLoadError {
-      __typename ... on PythonError { message errorChain { error { message } } } } } }
-  }
-}"""
-START_SENSOR = """
-mutation($selector: SensorSelector!) {
-  startSensor(sensorSelector: $selector) {
-    __typename
-    ... on Sensor { sensorState { status } }
-    ... on PythonError { message }
-    ... on UnauthorizedError { message }
-  }
-}"""
-STOP_SENSOR = """
-mutation($id: String!) {
-  stopSensor(id: $id) {
-    __typename
-    ... on StopSensorMutationResult { instigationState { status } }
-    ... on PythonError { message }
-    ... on UnauthorizedError { message }
-  }
-}"""
-SCHEDULE = """
+STOP_SCHEDULE = """
 mutation($id: String!) {
   stopRunningSchedule(id: $id) {
     __typename
