@@ -1,6 +1,7 @@
 """Meta Custom Audiences end to end: run_sync against the FakeMeta server, asserting its final state."""
 
 import hashlib
+import hmac
 import json
 
 import pyarrow as pa
@@ -181,6 +182,46 @@ def test_retries_exhausted_abort_and_next_run_converges(meta, store):
     third = run(meta, store, table(new), "r3")
     assert (third.added + third.updated, third.failed) == (2, 0)
     assert meta.members(aid) == simple_rows(new)
+
+
+@pytest.mark.parametrize("code, platform_says", [
+    (80003, "Meta error code 80003: There have been too many calls to this ad-account. Wait a bit and try again."),
+    (17, "Meta error code 17 (subcode 2446079): User request limit reached"),
+    (613, "Meta error code 613 (subcode 1487742): There have been too many calls from this ad-account. "
+          "Wait a bit and try again."),
+], ids=["80003", "17", "613"])
+def test_giving_up_on_a_throttle_names_metas_code_attempts_and_time(meta, store, code, platform_says):
+    app_secret = "app-s3cret-value"
+    proof = hmac.new(app_secret.encode(), TOKEN.encode(), hashlib.sha256).hexdigest()
+    clock = {"now": 1000.0, "waits": []}
+
+    def sleep(seconds):  # fake time: the backoff waits add up without being slept
+        clock["waits"].append(seconds)
+        clock["now"] += seconds
+
+    dest = MetaCustomAudiencesDestination(
+        MetaSettings(ad_account_id="1234", access_token=TOKEN, app_secret=app_secret, base_url=meta.url, timeout_s=2),
+        sleep=sleep, clock=lambda: clock["now"])
+    meta.inject_throttle(times=6, code=code)
+    with pytest.raises(SyncAborted) as err:
+        run(meta, store, table(simple(2)), "r1", dest=dest)
+    aid = meta.audience_id_by_name("vip")
+    message = str(err.value)
+    assert len(clock["waits"]) == 5 and sum(clock["waits"]) > 0
+    assert (f"meta_custom_audiences: gave up after 6 attempts over {sum(clock['waits']):.1f} s; "
+            f"last: HTTP 400 on POST {aid}/users: {platform_says}") in message
+    assert [r.status for r in users_requests(meta)] == [400] * 6
+    chain = f"{message} {err.value.__cause__!r}"
+    assert TOKEN not in chain and app_secret not in chain and proof not in chain
+
+
+def test_a_secret_meta_echoes_back_is_redacted(meta, store):
+    meta.inject_throttle(times=6, code=4, message=f"Application request limit reached (access_token={TOKEN})")
+    with pytest.raises(SyncAborted) as err:
+        run(meta, store, table(simple(2)), "r1")
+    chain = f"{err.value} {err.value.__cause__!r}"
+    assert "Meta error code 4 (subcode 1504022): Application request limit reached (access_token=[redacted])" in chain
+    assert TOKEN not in chain
 
 
 def test_invalid_entries_are_counted(meta, store):

@@ -1,8 +1,9 @@
 """Shared HTTP transport policy: timeouts, retries with backoff and jitter, throttles.
 
-Destinations say how their platform signals a throttle (`throttle_delay`);
-this module decides when and how long to wait. Secrets travel in headers,
-never in URLs, so nothing here can leak them into an error message.
+Destinations say how their platform signals a throttle (`throttle_delay`) and
+what its error bodies mean (`describe_error`); this module decides when and how
+long to wait. Secrets travel in headers, never in URLs, so nothing here can leak
+them into an error message; a `describe_error` must not return them either.
 """
 
 from __future__ import annotations
@@ -53,13 +54,17 @@ class HttpClient:
         headers: dict[str, str] | None = None,
         policy: RetryPolicy | None = None,
         throttle_delay: Callable[[httpx.Response], float | None] | None = None,
+        describe_error: Callable[[httpx.Response], str | None] | None = None,
         name: str = "destination",
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.name = name
         self.policy = policy or RetryPolicy()
         self._throttle_delay = throttle_delay
+        self._describe_error = describe_error
         self._sleep = sleep
+        self._clock = clock  # paired with `sleep`, so a test's fake sleep shows in the time given up after
         self._client = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers or {})
 
     def request(self, method: str, url: str, **kwargs) -> httpx.Response:
@@ -68,6 +73,7 @@ class HttpClient:
         Raises DestinationError when retries run out on throttles, 5xx or timeouts.
         """
         last = ""
+        started = self._clock()
         for attempt in range(self.policy.max_attempts):
             delay = None
             try:
@@ -83,12 +89,17 @@ class HttpClient:
                 if delay is None:
                     return response
                 last = f"HTTP {response.status_code} on {method} {_shown(url)}"
+                # The status alone hides why (Meta throttles with HTTP 400 and a code in the body).
+                described = self._describe_error(response) if self._describe_error else None
+                if described:
+                    last += f": {described}"
             if attempt + 1 < self.policy.max_attempts:
                 wait = delay if delay is not None and delay >= 0 else self.policy.backoff(attempt)
                 self._sleep(min(wait, self.policy.max_delay_s))
         # Retries ran out: the platform is down or throttling hard, so later batches would fare no better.
-        raise DestinationError(f"{self.name}: gave up after {self.policy.max_attempts} attempts; last: {last}",
-                               fatal=True)
+        took = self._clock() - started
+        raise DestinationError(f"{self.name}: gave up after {self.policy.max_attempts} attempts over {took:.1f} s; "
+                               f"last: {last}", fatal=True)
 
     def close(self) -> None:
         self._client.close()

@@ -93,13 +93,32 @@ class MetaCustomAudiencesDestination(Destination):
     settings_model = MetaSettings
     secret_settings: ClassVar[tuple[str, ...]] = ("access_token", "app_secret")
 
-    def __init__(self, settings: MetaSettings, sleep=time.sleep):
+    def __init__(self, settings: MetaSettings, sleep=time.sleep, clock=time.monotonic):
         self.settings = settings
         self.capabilities = Capabilities(**{**self.__class__.capabilities.__dict__,
                                             "max_batch_rows": settings.batch_size})
         headers = {"Authorization": f"Bearer {settings.access_token}"}
         self.http = HttpClient(settings.base_url.rstrip("/") + "/", timeout_s=settings.timeout_s, headers=headers,
-                               throttle_delay=throttle_delay, name="meta_custom_audiences", sleep=sleep)
+                               throttle_delay=throttle_delay, describe_error=self._describe,
+                               name="meta_custom_audiences", sleep=sleep, clock=clock)
+
+    def _redact(self, text: str) -> str:
+        """Meta's text with any of our secrets (token, app secret, proof) taken out."""
+        for secret in (self.settings.access_token, self.settings.app_secret, self._params().get("appsecret_proof")):
+            if secret:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+    def _describe(self, response: httpx.Response) -> str | None:
+        """Meta's error code, subcode and message: the HTTP status (400 for most) does not say why."""
+        err = _error(response)
+        if not err:
+            return None
+        code, sub = err.get("code"), err.get("error_subcode")
+        text = f"Meta error code {code}" + (f" (subcode {sub})" if sub is not None else "")
+        if err.get("message"):
+            text += f": {err['message']}"
+        return self._redact(text)
 
     def _params(self) -> dict[str, str]:
         if not self.settings.app_secret:
@@ -112,7 +131,8 @@ class MetaCustomAudiencesDestination(Destination):
         if response.status_code >= 400:
             err = _error(response)
             code, sub = err.get("code"), err.get("error_subcode")
-            message = f"Meta error {code}/{sub} on {method} {path.split('?')[0]}: {err.get('message', response.text[:200])}"
+            described = self._describe(response) or self._redact(response.text[:200])
+            message = f"HTTP {response.status_code} on {method} {path.split('?')[0]}: {described}"
             fatal = code in FATAL_CODES or (code == 100 and sub in (33, 1713230))
             raise DestinationError(message, status=response.status_code, fatal=fatal)
         return response.json()

@@ -129,10 +129,11 @@ class FakeMeta(FakeServer):
     # Faults (throttle, server error) share one FIFO queue. Each use is consumed by the
     # next authenticated request in scope: endpoint="users" (POST/DELETE /{id}/users,
     # the default) or "all". Delays have their own queue and hit before auth.
-    def inject_throttle(self, times=1, code=80003, endpoint="users") -> None:
+    def inject_throttle(self, times=1, code=80003, endpoint="users", message=None) -> None:
+        """`message` replaces Meta's text (e.g. one echoing a request parameter)."""
         if code not in THROTTLES:
             raise ValueError(f"unsupported throttle code {code}; use one of {sorted(THROTTLES)}")
-        self._push("fault", times, endpoint, code=code, status=400)
+        self._push("fault", times, endpoint, code=code, status=400, message=message)
 
     def inject_server_error(self, times=1, status=500, endpoint="users") -> None:
         self._push("fault", times, endpoint, code=2, status=status)
@@ -192,6 +193,7 @@ class FakeMeta(FakeServer):
             return GraphError(2, "An unexpected error has occurred. Please retry your request "
                               "later.", status=inj["status"], transient=True)
         subcode, message = THROTTLES[inj["code"]]
+        message = inj.get("message") or message
         usage = {self.ad_account_id: [{"type": "custom_audience", "call_count": 100,
                                        "total_cputime": 100, "total_time": 100,
                                        "estimated_time_to_regain_access": 0}]}
