@@ -1,5 +1,4 @@
 import hashlib
-import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -211,11 +210,12 @@ def test_invalid_counts():
     assert out.values.null_count == 4
 
 
-def test_large_repetitive_input_is_fast():
+def test_large_repetitive_input_keeps_every_row():
+    # Its speed is measured by benchmarks/identifiers.py, not asserted here (a wall-clock limit fails on a busy machine).
     base = [f"({415 + i % 3}) 555-{2600 + i % 50:04d}" for i in range(500)]
     phones = pa.array(base * 200)  # 100k rows, 150 distinct
-    start = time.perf_counter()
     out = normalize("phone", phones, default_region="US")
     hashed = to_meta("phone", out.values)
-    assert time.perf_counter() - start < 2.0
     assert len(hashed) == 100_000 and out.values.null_count == 0
+    assert hashed[:3].to_pylist() == [sha("14155552600"), sha("14165552601"), sha("14175552602")]
+    assert len(pc.unique(hashed)) == 150
