@@ -224,7 +224,7 @@ def test_two_runs_of_one_sync_at_once_stay_consistent(dagster):
     assert statuses == ["SUCCESS", "SUCCESS"]  # the second waited for the sync's pool slot
     history = cli(dagster, "runs", "churn_risk_to_crm")
     lines = [line for line in history.splitlines()[1:] if not line.startswith(" ")]
-    assert sorted(int(line.split()[4]) for line in lines) == [0, len(membership(dagster, "churn_risk"))]
+    assert sorted(int(line.split()[5]) for line in lines) == [0, len(membership(dagster, "churn_risk"))]
     con = duckdb.connect(str(dagster["data"] / "demo_crm.duckdb"), read_only=True)
     held = {r[0] for r in con.execute("SELECT key FROM audience_members WHERE audience = 'churn_risk'").fetchall()}
     con.close()
