@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -12,7 +13,10 @@ import sqlalchemy as sa
 
 from audience_pipelines.definitions import defs as load_defs
 from audience_pipelines.demo import create_demo_warehouse
-from audience_pipelines_tests.dagster_helpers import materialize, metadata
+from audience_pipelines_tests.dagster_helpers import materialize, metadata, project_defs
+
+# Without a server these fail under CI=true and are skipped otherwise (the pg_url fixture).
+pytestmark = pytest.mark.postgres
 
 AUDIENCE = "audiences/high_value_customers"
 SYNC = "syncs/high_value_to_crm"
@@ -42,6 +46,7 @@ def sql_set(engine, query: str) -> set:
 EXPECTED = """SELECT customer_id FROM customers WHERE lifetime_value > 1000 AND customer_id IS NOT NULL
               GROUP BY customer_id HAVING count(*) = 1"""
 HELD = "SELECT key FROM audience_members WHERE audience = 'high_value_customers'"
+DEFS_ENTITY = Path(__file__).parents[1] / "audience_pipelines" / "defs" / "entities" / "defs.yaml"
 
 
 def test_postgres_warehouse_to_postgres_table_with_changes(pg_project, home):
@@ -124,3 +129,30 @@ def test_failing_query_and_missing_column_name_the_audience(pg_project, home):
     message = result.get_step_failure_events()[0].step_failure_data.error.message
     assert "audience 'high_value_customers': the query failed" in message and "customers" in message
     assert path.read_bytes() == before  # the last good membership is untouched
+
+
+def test_entity_in_a_schema_off_the_search_path_reads_with_a_qualified_table(pg_url, pg_schema, home,
+                                                                            monkeypatch, tmp_path):
+    """`table: <schema>.customers` reads a schema the connection does not search by default."""
+    _, schema = pg_schema
+    source = create_demo_warehouse(tmp_path / "src.duckdb", rows=3000)
+    con = duckdb.connect(str(source), read_only=True)
+    customers = con.sql("SELECT * FROM customers").to_arrow_table()
+    con.close()
+    engine = sa.create_engine(pg_url)  # default search_path: the schema is not on it
+    try:
+        customers.to_pandas().to_sql("customers", engine, schema=schema, index=False)
+        with engine.connect() as conn:
+            assert schema not in conn.execute(sa.text("SELECT current_schemas(false)")).scalar_one()
+            expected = {r[0] for r in conn.execute(sa.text(EXPECTED.replace("FROM customers",
+                                                                             f"FROM {schema}.customers")))}
+        monkeypatch.setenv("AUDIENCE_PIPELINES_WAREHOUSE_URL", pg_url)
+        entity = DEFS_ENTITY.read_text().replace("table: customers", f"table: {schema}.customers")
+        assert f"table: {schema}.customers" in entity
+        with project_defs(extra={"entities/defs.yaml": entity}) as defs:
+            result = materialize(defs, AUDIENCE, SYNC, instance=dg.DagsterInstance.ephemeral())
+        membership = pq.read_table(home / "audiences" / "high_value_customers" / "membership.parquet")
+        assert len(expected) > 50 and set(membership["key"].to_pylist()) == expected
+        assert metadata(result, SYNC)["rows_added"] == len(expected)
+    finally:
+        engine.dispose()
