@@ -170,10 +170,10 @@ def test_sync_target_id_loads_as_written(home):
         def description(name: str) -> str:
             return next(iter(defs.resolve_assets_def(dg.AssetKey(["syncs", name])).specs)).description
 
-        assert "- target: id 0123\n" in description("id_octal_looking")
-        assert "- target: id 123\n" in description("id_quoted")
-        assert "- target: id 456\n" in description("id_plain")
-        assert "- target: name '2024'\n" in description("name_numeric")
+        assert "- target: destination audience id 0123\n" in description("id_octal_looking")
+        assert "- target: destination audience id 123\n" in description("id_quoted")
+        assert "- target: destination audience id 456\n" in description("id_plain")
+        assert "- target: destination audience name '2024'\n" in description("name_numeric")
 
 
 def test_other_text_fields_load_as_written(home):
