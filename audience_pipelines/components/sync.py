@@ -282,6 +282,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                                          sync_mode=spec.mode, destination_audience_id="",
                                          duration_s=record.duration_s)
                 else:
+                    partial.duration_s = partial.duration_s or (finished - started).total_seconds()
                     record = RunRecord.from_result(partial, started, finished, status="error", error=message[:4000])
                 storage.record_run(record)
                 # The failure on the asset itself, beside the last success: what failed and what got through.
