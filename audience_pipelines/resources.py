@@ -18,20 +18,20 @@ from audience_pipelines.config import build_destination, resolve_placeholders
 from audience_pipelines.destinations import Destination
 from audience_pipelines.engine import ConfigError, SnapshotStore
 from audience_pipelines.engine.history import RunHistory, RunRecord
+from audience_pipelines.project import HOME_ENV, state_root
 
-HOME_ENV = "AUDIENCE_PIPELINES_HOME"
 HISTORY_URL_ENV = "AUDIENCE_PIPELINES_HISTORY_URL"
 DEMO_URL = "demo"
 
 
 class AudienceStorage(dg.ConfigurableResource):
-    """Membership files, snapshots and run files. Default: $AUDIENCE_PIPELINES_HOME or ./.audience_pipelines."""
+    """Membership files, snapshots and run files: `home`, else project.state_root() (the same for every command)."""
 
     home: str | None = None
 
     @property
     def root(self) -> Path:
-        root = Path(self.home or os.environ.get(HOME_ENV) or ".audience_pipelines").absolute()
+        root = state_root(self.home)
         root.mkdir(parents=True, exist_ok=True)
         return root
 
