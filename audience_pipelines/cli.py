@@ -9,7 +9,8 @@ from pathlib import Path
 
 from audience_pipelines.engine import AudiencePipelinesError
 from audience_pipelines.engine.history import COUNTS
-from audience_pipelines.resources import HOME_ENV, AudienceStorage, open_history
+from audience_pipelines.project import HOME_ENV, find_state_root
+from audience_pipelines.resources import AudienceStorage, open_history
 from audience_pipelines.webserver import URL_ENV, LocationState, Webserver, first_line
 
 
@@ -39,7 +40,7 @@ def cmd_resend(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    history = open_history(AudienceStorage().root)
+    history = open_history(find_state_root())
     try:
         records = history.list(args.sync, limit=args.limit)
     finally:
@@ -110,7 +111,7 @@ def _defined_syncs() -> list[str]:
 
 
 def cmd_forget(args) -> int:
-    store = AudienceStorage().snapshot_store(args.sync)
+    store = AudienceStorage(home=str(find_state_root())).snapshot_store(args.sync)
     if not store.dir.exists():
         print(f"sync '{args.sync}' has no snapshot under {store.dir.parent}")
         return 1

@@ -330,3 +330,13 @@ def test_invalid_identifiers_say_what_happened_to_those_members(home):
     # The table destination keys rows by member: a bad email is left out, the member is still sent.
     assert invalid["members"] > 0 and invalid["set_aside"] == 0 and invalid["sent_without_it"] == invalid["members"]
     assert m["rows_set_aside"] == 0
+
+
+def test_runs_from_another_directory_fails_naming_where_it_looked(tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "nowhere"
+    monkeypatch.setenv("AUDIENCE_PIPELINES_HOME", str(missing))
+    monkeypatch.chdir(tmp_path)
+    assert cli(["runs", "high_value_to_crm"]) == 2
+    err = capsys.readouterr().err
+    assert f"no audience_pipelines state at {missing}" in err and "AUDIENCE_PIPELINES_HOME" in err
+    assert not missing.exists()  # nothing created
