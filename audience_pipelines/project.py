@@ -127,7 +127,8 @@ def tool_environment(tool: str = "dg") -> dict[str, str]:
 
 
 def _run_tool(tool: str) -> int:
-    if not os.environ.get(DAGSTER_HOME_ENV) and checkout_root() is None:
+    root = checkout_root()
+    if not os.environ.get(DAGSTER_HOME_ENV) and root is None:
         print(f"audience-{tool}: {NO_INSTANCE}", file=sys.stderr)
         return 2
     env = tool_environment(tool)
@@ -135,6 +136,8 @@ def _run_tool(tool: str) -> int:
     linked = home / INSTANCE_CONFIG
     config = f", configured by {linked.resolve()}" if linked.is_symlink() else ""
     print(f"Dagster instance: {home}{config}", file=sys.stderr)
+    if tool == "dg" and root and not Path.cwd().resolve().is_relative_to(root):
+        os.chdir(root)  # dg finds its project from the current directory
     exe = shutil.which(tool, path=sysconfig.get_path("scripts")) or tool
     args = [tool, *sys.argv[1:]]
     if os.name == "nt":

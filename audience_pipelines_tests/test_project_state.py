@@ -236,9 +236,9 @@ def test_check_defs_fails_on_what_loading_refuses_without_a_success_line(tmp_pat
     assert "successfully" not in text
 
 
-def test_check_defs_passes_on_the_demo(tmp_path):
+def test_check_defs_passes_on_the_demo_from_any_directory(tmp_path):
     checkout = copy_checkout(tmp_path / "checkout")
-    out = script("audience-dg", "check", "defs", checkout=checkout, cwd=checkout)
+    out = script("audience-dg", "check", "defs", checkout=checkout, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip().splitlines()[-1] == "All definitions loaded successfully."
 
