@@ -50,3 +50,9 @@ def find_optional(context: dg.ComponentLoadContext, of_type: type[T]) -> T | Non
     if len(found) > 1:
         raise ConfigError(f"{where(context)}: only one {of_type.__name__} may be declared, found {len(found)}")
     return found[0] if found else None
+
+
+# Every component module imports this one, so the load-error hooks are in place before any YAML loads.
+from audience_pipelines.components.load_errors import install as _install_load_errors  # noqa: E402
+
+_install_load_errors()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 
 import dagster as dg
-from pydantic import BaseModel, ConfigDict
+from dagster._time import get_timezone
+from pydantic import BaseModel, ConfigDict, field_validator
 
+from audience_pipelines.components.load_errors import did_you_mean
 from audience_pipelines.engine import ConfigError
 
 # Dagster's own cron parsing, so what we accept is exactly what its scheduler runs.
@@ -28,6 +31,18 @@ class CronSchedule(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cron: str
     timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        # Dagster checks the timezone only when it builds the schedule; fail at load, naming the key.
+        try:
+            get_timezone(value)
+        except Exception:  # noqa: BLE001 - unknown (ZoneInfoNotFoundError) or malformed names
+            hint = did_you_mean(value, sorted(zoneinfo.available_timezones())) or \
+                " (an IANA name such as 'Europe/London', or 'UTC')"
+            raise ValueError(f"unknown timezone '{value}'{hint}") from None
+        return value
 
 
 ScheduleChoice = str | CronSchedule
