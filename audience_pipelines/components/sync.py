@@ -1,5 +1,6 @@
 import datetime as dt
 import warnings
+from typing import Literal
 
 import dagster as dg
 import pyarrow.parquet as pq
@@ -100,8 +101,8 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
     audience: Text
     destination: Text
     target: TargetConfig | None = None  # default: a destination audience named like the audience
-    mode: Text = "mirror"
-    removal: Text = "remove"
+    mode: Literal[MODES] = "mirror"  # Literal: a misspelt value loads as an error with a did-you-mean
+    removal: Literal[REMOVALS] = "remove"
     identifiers: dict[str, Text] | None = None  # identifier kind -> audience column; default: all usable
     fields: dict[str, Text] = {}  # destination field -> audience column
     schedule: ScheduleChoice = MANUAL
