@@ -5,6 +5,7 @@ from __future__ import annotations
 import duckdb
 import dagster as dg
 import pyarrow.parquet as pq
+import pytest
 
 from audience_pipelines.definitions import defs as load_defs
 from audience_pipelines_tests.dagster_helpers import materialize, metadata
@@ -43,6 +44,7 @@ def crm_members(home, audience: str) -> dict[str, tuple]:
     return {r[0]: r[1:] for r in rows}
 
 
+@pytest.mark.slow  # a demo-sized run (over 10 s); test_small_demo.py keeps this path in the fast loop
 def test_demo_materializes_and_second_run_sends_nothing(home):
     defs = load_defs()
     instance = dg.DagsterInstance.ephemeral()
@@ -74,6 +76,7 @@ def test_demo_materializes_and_second_run_sends_nothing(home):
     assert crm_members(home, "high_value_customers") == held
 
 
+@pytest.mark.slow  # a demo-sized run (over 10 s); test_small_demo.py keeps this path in the fast loop
 def test_backfill_tag_and_full_resync_config_resend_every_member(home):
     defs = load_defs()
     instance = dg.DagsterInstance.ephemeral()

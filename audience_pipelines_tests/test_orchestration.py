@@ -113,6 +113,7 @@ attributes: {name: pooled, audience: churn_risk, destination: shared_dest}
         assert job.tags["audience/full_resync"] == "true"
 
 
+@pytest.mark.slow  # a demo-sized run (over 10 s); test_small_demo.py keeps this path in the fast loop
 def test_resend_job_resends_and_history_records_success_and_failure(home, capsys):
     defs = load_defs()
     instance = dg.DagsterInstance.ephemeral()
@@ -208,6 +209,7 @@ attributes: {name: top_to_crm, audience: top_spenders, destination: crm_table}
     assert (home / "syncs" / "top_to_crm" / "manifest.json").exists()
 
 
+@pytest.mark.slow  # a demo-sized run (over 10 s); test_small_demo.py keeps this path in the fast loop
 def test_history_keeps_every_sync_of_a_run_and_every_attempt(home, capsys):
     defs = load_defs()
     instance = dg.DagsterInstance.ephemeral()
@@ -291,6 +293,7 @@ def test_a_first_run_that_fails_is_recorded_as_a_first_run(home):
     assert (record.status, record.run_kind, record.sync_mode) == ("error", "first_run", "mirror")
 
 
+@pytest.mark.slow  # a demo-sized run (over 10 s); test_small_demo.py keeps this path in the fast loop
 def test_forget_refuses_a_sync_still_defined_unless_forced(home, capsys):
     defs = load_defs()
     materialize(defs, "audiences/churn_risk", "syncs/churn_risk_to_crm", instance=dg.DagsterInstance.ephemeral())
@@ -322,6 +325,7 @@ def test_description_reads_as_written_and_shows_the_schedule_warning(home):
     assert "Warning" not in text
 
 
+@pytest.mark.slow  # a demo-sized run (over 10 s); test_small_demo.py keeps this path in the fast loop
 def test_invalid_identifiers_say_what_happened_to_those_members(home):
     defs = load_defs()
     result = materialize(defs, "audiences/churn_risk", "syncs/churn_risk_to_crm", instance=dg.DagsterInstance.ephemeral())

@@ -1,0 +1,83 @@
+"""The demo project through Dagster on a 2,000-row warehouse: the fast-loop counterparts of the
+demo-sized tests in test_definitions.py and test_orchestration.py, which are marked slow."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from audience_pipelines.cli import main as cli
+from audience_pipelines.components.sync import SyncRunConfig, is_full_resync
+from audience_pipelines.definitions import defs as load_defs
+from audience_pipelines.demo import create_demo_warehouse
+from audience_pipelines.resources import open_history
+from audience_pipelines_tests.dagster_helpers import materialize, metadata
+
+SYNC = "syncs/high_value_to_crm"
+
+
+@pytest.fixture
+def small_demo(home):
+    """The demo's warehouse file, built small before the demo would build its 120,000 rows."""
+    create_demo_warehouse(home / "demo_warehouse.duckdb", rows=2_000)
+    return home
+
+
+@pytest.mark.parametrize("full_resync, tags, full", [
+    (False, {}, False),
+    (False, {"dagster/backfill": "bf1"}, True),
+    (False, {"audience/full_resync": "true"}, True),
+    (False, {"audience/full_resync": "false"}, False),
+    (True, {}, True),
+])
+def test_is_full_resync(full_resync, tags, full):
+    assert is_full_resync(SyncRunConfig(full_resync=full_resync), tags) is full
+
+
+def test_first_run_diff_and_each_kind_of_full_resend(small_demo, capsys):
+    defs = load_defs()
+    instance = dg.DagsterInstance.ephemeral()
+    first = metadata(materialize(defs, "audiences/high_value_customers", SYNC, instance=instance), SYNC)
+    members = first["rows_added"]
+    assert first["run_kind"] == "first_run" and members > 0
+    second = metadata(materialize(defs, SYNC, instance=instance), SYNC)
+    assert (second["run_kind"], second["rows_added"], second["rows_removed"], second["rows_updated"]) == (
+        "diff", 0, 0, 0)
+    resends = {
+        "job": defs.resolve_job_def("resend_full_membership").execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey(["syncs", "high_value_to_crm"])]),
+        "backfill": materialize(defs, SYNC, instance=instance, tags={"dagster/backfill": "bf1"}),
+        "config": materialize(defs, SYNC, instance=instance,
+                              run_config={"ops": {"syncs__high_value_to_crm": {"config": {"full_resync": True}}}}),
+    }
+    for how, result in resends.items():
+        m = metadata(result, SYNC)
+        assert (m["run_kind"], m["rows_resent"], m["rows_added"]) == ("full_resend", members, 0), how
+    history = open_history(small_demo)
+    try:
+        kinds = [r.run_kind for r in history.list("high_value_to_crm")]
+    finally:
+        history.close()
+    assert kinds == ["full_resend"] * 3 + ["diff", "first_run"]
+    capsys.readouterr()
+    assert cli(["runs", "high_value_to_crm"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" full_resend ") == 3 and out.count(" diff ") == 1 and out.count(" first_run ") == 1
+
+
+def test_forget_refuses_a_sync_still_defined_unless_forced(small_demo, capsys):
+    materialize(load_defs(), "audiences/churn_risk", "syncs/churn_risk_to_crm", instance=dg.DagsterInstance.ephemeral())
+    folder = small_demo / "syncs" / "churn_risk_to_crm"
+    assert cli(["forget", "churn_risk_to_crm", "--yes"]) == 1 and folder.exists()
+    assert "sync 'churn_risk_to_crm' is still defined in YAML" in capsys.readouterr().err
+    assert cli(["forget", "churn_risk_to_crm", "--yes", "--force"]) == 0 and not folder.exists()
+
+
+def test_invalid_identifiers_say_what_happened_to_those_members(small_demo):
+    result = materialize(load_defs(), "audiences/churn_risk", "syncs/churn_risk_to_crm",
+                         instance=dg.DagsterInstance.ephemeral())
+    m = metadata(result, "syncs/churn_risk_to_crm")
+    invalid = m["invalid_identifiers_not_sent"]["email"]
+    # The table destination keys rows by member: a bad email is left out, the member is still sent.
+    assert invalid["members"] > 0 and invalid["set_aside"] == 0 and invalid["sent_without_it"] == invalid["members"]
+    assert m["rows_set_aside"] == 0
