@@ -4,12 +4,19 @@ from pathlib import Path
 
 import dagster as dg
 
+from audience_pipelines.components.load_errors import first_user_error
+from audience_pipelines.engine import ConfigError
 from audience_pipelines.resources import AudienceStorage
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions.merge(
-        dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
-        dg.Definitions(resources={"audience_storage": AudienceStorage()}),
-    )
+    try:
+        loaded = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    except Exception as exc:
+        mistake = first_user_error(exc)
+        if not isinstance(mistake, ConfigError):
+            raise
+        # Dagster prints the outermost error first: lead with the YAML mistake, not its component tree.
+        raise ConfigError(str(mistake)) from mistake.__cause__
+    return dg.Definitions.merge(loaded, dg.Definitions(resources={"audience_storage": AudienceStorage()}))
