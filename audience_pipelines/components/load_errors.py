@@ -149,7 +149,7 @@ def _shown(value: Any) -> str:
 def _what(cls: type, path: list[Any], error: dict) -> str:
     kind, value = error["type"], error.get("input")
     if kind == "extra_forbidden":
-        known = [k for k in _keys_at(cls, path[:-1])]
+        known = _keys_at(cls, path[:-1])
         hint = did_you_mean(path[-1], known)
         return f"unknown key{hint}" if hint else f"unknown key (the keys are: {', '.join(known)})"
     if kind == "missing":
