@@ -11,8 +11,9 @@ Dagster validates a component's YAML attributes in two steps, both inside `YamlD
 
 `install()` wraps both for this package's components: step 1 hands its errors on to step 2 instead of
 raising, and step 2, which has the load context (file and document), raises one ConfigError line per
-mistake, with a "did you mean" from the component's own field names and Literal values. Both wrapped
-names are looked up when each document loads, so it holds whichever component is imported first.
+mistake, with a "did you mean" from the component's own field names and Literal values. catalog.py
+(imported by every component module) installs them; Dagster looks both names up only after importing
+a document's component class, so even the first document loaded goes through them.
 """
 
 from __future__ import annotations
