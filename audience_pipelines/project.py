@@ -73,7 +73,8 @@ def find_state_root(home: str | os.PathLike | None = None) -> Path:
     elif checkout_root():
         why = f"the checkout's default; ${HOME_ENV} is not set"
     else:
-        why = f"the default in the current directory: audience_pipelines is not a source checkout and ${HOME_ENV} is not set"
+        why = (f"the default in the current directory: audience_pipelines is not a source checkout and "
+               f"${HOME_ENV} is not set")
     message = (f"no audience_pipelines state at {root} ({why}): nothing has run with it yet, or the code "
                f"location keeps its files elsewhere; set {HOME_ENV} to the folder it uses")
     here = Path.cwd().absolute() / STATE_DIR
@@ -138,7 +139,10 @@ def _run_tool(tool: str) -> int:
     print(f"Dagster instance: {home}{config}", file=sys.stderr)
     if tool == "dg" and root and not Path.cwd().resolve().is_relative_to(root):
         os.chdir(root)  # dg finds its project from the current directory
-    exe = shutil.which(tool, path=sysconfig.get_path("scripts")) or tool
+    exe = shutil.which(tool, path=sysconfig.get_path("scripts")) or shutil.which(tool)
+    if exe is None:
+        print(f"audience-{tool}: {tool} is not installed here: pip install -e . in the checkout", file=sys.stderr)
+        return 2
     args = [tool, *sys.argv[1:]]
     if os.name == "nt":
         return subprocess.call(args, executable=exe, env=env)
