@@ -180,6 +180,7 @@ def test_history_on_postgres(pg_schema):
         ("r1", 2, "error", "boom"), ("r1", 1, "success", None)]
 
 
+@pytest.mark.slow  # a demo-sized run (over 10 s); test_small_demo.py keeps this path in the fast loop
 def test_deleting_a_sync_from_yaml_keeps_its_members_and_snapshot(home):
     import duckdb
 

@@ -4,6 +4,7 @@ demo-sized tests in test_definitions.py and test_orchestration.py, which are mar
 from __future__ import annotations
 
 import dagster as dg
+import duckdb
 import pytest
 
 from audience_pipelines.cli import main as cli
@@ -11,7 +12,7 @@ from audience_pipelines.components.sync import SyncRunConfig, is_full_resync
 from audience_pipelines.definitions import defs as load_defs
 from audience_pipelines.demo import create_demo_warehouse
 from audience_pipelines.resources import open_history
-from audience_pipelines_tests.dagster_helpers import materialize, metadata
+from audience_pipelines_tests.dagster_helpers import materialize, metadata, project_defs
 
 SYNC = "syncs/high_value_to_crm"
 
@@ -81,3 +82,30 @@ def test_invalid_identifiers_say_what_happened_to_those_members(small_demo):
     # The table destination keys rows by member: a bad email is left out, the member is still sent.
     assert invalid["members"] > 0 and invalid["set_aside"] == 0 and invalid["sent_without_it"] == invalid["members"]
     assert m["rows_set_aside"] == 0
+
+
+def test_deleting_a_sync_from_yaml_keeps_its_members_and_snapshot(small_demo):
+    small = {"gone/defs.yaml": """type: audience_pipelines.components.Audience
+attributes: {name: top_spenders, entity: customers, filter: "lifetime_value > 2000"}
+---
+type: audience_pipelines.components.AudienceSync
+attributes: {name: top_to_crm, audience: top_spenders, destination: crm_table}
+"""}
+
+    def held() -> int:
+        con = duckdb.connect(str(small_demo / "demo_crm.duckdb"), read_only=True)
+        try:
+            return con.execute("SELECT count(*) FROM audience_members WHERE audience = 'top_spenders'").fetchall()[0][0]
+        finally:
+            con.close()
+
+    instance = dg.DagsterInstance.ephemeral()
+    with project_defs(extra=small) as defs:
+        materialize(defs, "audiences/top_spenders", "syncs/top_to_crm", instance=instance)
+    before = held()
+    assert before > 0
+    with project_defs() as defs:  # the sync's YAML is gone
+        assert dg.AssetKey(["syncs", "top_to_crm"]) not in defs.resolve_all_asset_keys()
+        materialize(defs, "audiences/high_value_customers", "syncs/high_value_to_crm", instance=instance)
+    assert held() == before
+    assert (small_demo / "syncs" / "top_to_crm" / "manifest.json").exists()
