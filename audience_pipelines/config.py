@@ -1,20 +1,26 @@
-"""Turning declared settings into destination objects, with errors that name the key."""
+"""A declared destination, validated once when definitions load; opened when a run starts.
+
+Loading needs no secret: a secret setting holds the name of its environment variable
+(`EnvSecret`), read when a run opens the client. Errors name the destination and the key.
+"""
 
 from __future__ import annotations
 
 import os
-import types
-import typing
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from audience_pipelines.destinations import DESTINATION_TYPES, Destination
-from audience_pipelines.engine import ConfigError
+from audience_pipelines.contract import (
+    Capabilities, ConfigError, Destination, DestinationSettings, DestinationType, EnvSecret,
+)
+from audience_pipelines.contract.settings import describe_validation, secret_fields, text_fields
+from audience_pipelines.destinations import destination_type
 
 DATA_DIR_PLACEHOLDER = "{data_dir}"
-_SECRET_PLACEHOLDER = "set-from-environment"
+_FROM_ENV = "set-from-environment"  # a non-secret text setting's value until a run reads its variable
 
 
 def resolve_placeholders(value, data_dir: Path):
@@ -23,69 +29,101 @@ def resolve_placeholders(value, data_dir: Path):
     return value
 
 
-def _is_text(annotation) -> bool:
-    """`str` or `str | None` (possibly Annotated): a setting that holds text."""
-    if typing.get_origin(annotation) is typing.Annotated:
-        return _is_text(typing.get_args(annotation)[0])
-    if annotation is str:
-        return True
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = set(typing.get_args(annotation))
-        return str in args and args <= {str, type(None)}
-    return False
-
-
 def text_settings(type_name: str) -> frozenset[str]:
     """The settings of a destination type that hold text (ids, names, URLs): loaded as written in YAML."""
-    cls = DESTINATION_TYPES.get(type_name)
-    if cls is None:
+    try:
+        return text_fields(destination_type(type_name).settings_model)
+    except ConfigError:
         return frozenset()
-    return frozenset(k for k, f in cls.settings_model.model_fields.items() if _is_text(f.annotation))
 
 
-def _describe(exc: ValidationError) -> str:
-    # include_input=False: an invalid secret must not end up in the message.
-    parts = []
-    for err in exc.errors(include_input=False, include_url=False):
-        key = ".".join(str(p) for p in err["loc"]) or "settings"
-        parts.append(f"'{key}': {err['msg']}")
-    return "; ".join(parts)
+@dataclass(frozen=True)
+class ConfiguredDestination:
+    """One destination as declared: its type and validated settings."""
+
+    name: str
+    type: type[DestinationType]
+    settings: DestinationSettings
+    env_text: Mapping[str, str] = field(default_factory=dict)  # non-secret text settings read at open
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.type.capabilities(self.settings)
+
+    def open(self, data_dir: Path, environ: Mapping[str, str] = os.environ) -> Destination:
+        """Read the secrets, resolve `{data_dir}`, build the client (importing it now)."""
+        updates = {}
+        for key in type(self.settings).model_fields:
+            value = getattr(self.settings, key)
+            if key in self.env_text:
+                value = environ.get(self.env_text[key]) or None
+                if value is None:
+                    raise ConfigError(f"destination '{self.name}' needs its {key}: set the environment variable "
+                                      f"{self.env_text[key]}")
+            if isinstance(value, EnvSecret):
+                try:
+                    value = EnvSecret(inline=value.value(environ))
+                except ConfigError:
+                    raise ConfigError(f"destination '{self.name}' needs its {key}: set the environment variable "
+                                      f"{value.var}") from None
+                value = EnvSecret(inline=resolve_placeholders(value.value(), data_dir))
+            elif isinstance(value, str):
+                value = resolve_placeholders(value, data_dir)
+            updates[key] = value
+        try:
+            settings = type(self.settings).model_validate({**self.settings.__dict__, **updates})
+        except ValidationError as exc:
+            raise ConfigError(f"destination '{self.name}' ({self.type.name}): {describe_validation(exc)}") from None
+        return self.type.open(settings)
 
 
-def check_destination_config(name: str, type_name: str, settings: Mapping, from_env: Mapping[str, str]) -> None:
-    """Validate at load time, without reading any secret."""
-    cls = DESTINATION_TYPES.get(type_name)
-    if cls is None:
-        raise ConfigError(f"destination '{name}': unknown type '{type_name}'; known types: {sorted(DESTINATION_TYPES)}")
-    inline_secrets = sorted(set(settings) & set(cls.secret_settings) - {"url"})
-    if inline_secrets:
+def configure_destination(name: str, type_name: str, settings: Mapping, from_env: Mapping[str, str]
+                          ) -> ConfiguredDestination:
+    """Validate a declared destination (no secret is read)."""
+    dtype = destination_type(type_name) if type_name else None
+    if dtype is None:
+        raise ConfigError(f"destination '{name}': no type given")
+    model = dtype.settings_model
+    secrets = secret_fields(model)
+    inline = sorted(k for k in settings if k in secrets and not secrets[k])
+    if inline:
         raise ConfigError(
-            f"destination '{name}': {inline_secrets} must not be written in YAML; "
-            f"name the environment variable under from_env, e.g. from_env: {{{inline_secrets[0]}: MY_VAR}}")
-    fields = cls.settings_model.model_fields
+            f"destination '{name}': {inline} must not be written in YAML; "
+            f"name the environment variable under from_env, e.g. from_env: {{{inline[0]}: MY_VAR}}")
+    fields = model.model_fields
     unknown = sorted(set(from_env) - set(fields))
     if unknown:
         raise ConfigError(f"destination '{name}': from_env names unknown setting(s) {unknown}; "
                           f"settings of type '{type_name}' are {sorted(fields)}")
-    values = {**settings, **{k: _SECRET_PLACEHOLDER for k in from_env}}
+    texts = text_fields(model)
+    not_text = sorted(set(from_env) - texts)
+    if not_text:
+        raise ConfigError(f"destination '{name}': from_env can set text settings only; {not_text} are not text")
+    missing = sorted(k for k in secrets if fields[k].is_required() and k not in from_env and k not in settings)
+    if missing:
+        raise ConfigError(f"destination '{name}' ({type_name}): the secret setting '{missing[0]}' is missing; name "
+                          f"the environment variable that holds it under from_env, e.g. "
+                          f"from_env: {{{missing[0]}: MY_VAR}}")
+    values = dict(settings)
+    env_text = {}
+    for key, var in from_env.items():
+        if key in secrets:
+            values[key] = EnvSecret(var, inline=settings.get(key))
+        elif key not in settings:  # an inline value, where given, is the default
+            values[key] = _FROM_ENV
+            env_text[key] = var
     try:
-        cls.settings_model(**values)
+        validated = model(**values)
     except ValidationError as exc:
-        raise ConfigError(f"destination '{name}' ({type_name}): {_describe(exc)}") from None
+        raise ConfigError(f"destination '{name}' ({type_name}): {describe_validation(exc)}") from None
+    return ConfiguredDestination(name, dtype, validated, env_text)
+
+
+def check_destination_config(name: str, type_name: str, settings: Mapping, from_env: Mapping[str, str]) -> None:
+    configure_destination(name, type_name, settings, from_env)
 
 
 def build_destination(name: str, type_name: str, settings: Mapping, from_env: Mapping[str, str],
                       data_dir: Path, environ: Mapping[str, str] = os.environ) -> Destination:
-    check_destination_config(name, type_name, settings, from_env)
-    cls = DESTINATION_TYPES[type_name]
-    values = {k: resolve_placeholders(v, data_dir) for k, v in settings.items()}
-    for setting, var in from_env.items():
-        value = environ.get(var)
-        if value:
-            values[setting] = resolve_placeholders(value, data_dir)
-        elif setting not in values:  # an inline value, where allowed, is the default
-            raise ConfigError(f"destination '{name}' needs its {setting}: set the environment variable {var}")
-    try:
-        return cls(cls.settings_model(**values))
-    except ValidationError as exc:
-        raise ConfigError(f"destination '{name}' ({type_name}): {_describe(exc)}") from None
+    """Configure and open in one step (scripts and tests)."""
+    return configure_destination(name, type_name, settings, from_env).open(data_dir, environ)

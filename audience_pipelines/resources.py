@@ -6,7 +6,6 @@ in configuration, metadata or logs.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,8 +13,7 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import PrivateAttr
 
-from audience_pipelines.config import build_destination, resolve_placeholders
-from audience_pipelines.destinations import Destination
+from audience_pipelines.config import resolve_placeholders
 from audience_pipelines.engine import ConfigError, SnapshotStore
 from audience_pipelines.engine.history import RunHistory, RunRecord
 from audience_pipelines.project import HOME_ENV, state_root
@@ -91,16 +89,3 @@ class WarehouseResource(dg.ConfigurableResource):
     def teardown_after_execution(self, context) -> None:
         if self._engine is not None:
             self._engine.dispose()
-
-
-class DestinationResource(dg.ConfigurableResource):
-    """One configured destination; `from_env` maps settings to the variables that hold them."""
-
-    name: str
-    type: str
-    settings_json: str = "{}"
-    from_env: dict[str, str] = {}
-
-    def build(self, storage: AudienceStorage) -> Destination:
-        return build_destination(self.name, self.type, json.loads(self.settings_json), self.from_env,
-                                 data_dir=storage.root)

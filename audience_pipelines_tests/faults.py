@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from audience_pipelines.destinations import DESTINATION_TYPES, Destination, Target
+from audience_pipelines.contract import Destination, Target
+from audience_pipelines.destinations import destination_type
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncSpec, run_sync
 from audience_pipelines.engine import snapshot as snapshot_module
 from audience_pipelines.engine.errors import AudienceError
@@ -244,21 +245,25 @@ def table_text(results: list[Outcome]) -> str:
 
 
 def _child(args: dict) -> None:
-    cls = DESTINATION_TYPES[args["type"]]
-    dest = cls(cls.settings_model(**args["settings"]))
+    dtype = destination_type(args["type"])
+    dest = dtype.open(dtype.settings_model(**args["settings"]))
     calls = {"n": 0}
+    open_session = dest.open_session
 
-    def killing(method):
-        def call(*a, **kw):
-            res = method(*a, **kw)
+    def killing_session(ctx):
+        session = open_session(ctx)
+        send = session.send
+
+        def killing_send(*a, **kw):
+            res = send(*a, **kw)
             calls["n"] += 1
             if calls["n"] >= args["kill_after"]:
                 os.kill(os.getpid(), signal.SIGKILL)
             return res
-        return call
+        session.send = killing_send
+        return session
 
-    for name in ("add", "remove", "update"):
-        setattr(dest, name, killing(getattr(dest, name)))
+    dest.open_session = killing_session
     spec = SyncSpec(name=SYNC, audience="matrix", destination=args["type"], target=Target(name="vip"),
                     identifiers=args["identifiers"], fields=args["fields"], batch_size=BATCH, **args["mode"])
     run_sync(spec, pq.read_table(args["members"]), dest, SnapshotStore(args["root"], SYNC),

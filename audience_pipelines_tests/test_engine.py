@@ -10,8 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from audience_pipelines.destinations import Target
-from audience_pipelines.destinations.file import FileDestination, FileSettings
+from audience_pipelines.contract import Target
+from audience_pipelines.destinations.file import FileSettings
+from audience_pipelines.destinations.file.client import FileDestination
 from audience_pipelines.engine import (
     RunOptions, SnapshotStore, SyncAlreadyRunning, SyncInputError, SyncSpec, build_membership, run_sync,
 )

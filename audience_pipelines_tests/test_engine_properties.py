@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audience_pipelines.destinations import Target
+from audience_pipelines.contract import Target
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncSpec, run_sync
-from audience_pipelines_tests.memory_destination import Crash, MemoryDestination
+from audience_pipelines_tests.memory_destination import Crash, MemoryDestination, MemoryJobDestination
 
 KEYS = [f"k{i}" for i in range(12)]
 PLANS = ["free", "pro", None]
@@ -23,7 +24,8 @@ runs = st.lists(
         audiences,
         st.sampled_from(["mirror", "additive", "subtractive"]),
         st.sets(st.sampled_from(KEYS), max_size=4),  # keys the destination rejects this run
-        st.one_of(st.none(), st.integers(1, 6), st.just("commit")),  # where the process dies
+        # where the process dies: a batch, after the job ran (job destinations), or at commit
+        st.one_of(st.none(), st.integers(1, 6), st.just("after job"), st.just("commit")),
         st.booleans(),  # full resend
     ),
     min_size=1,
@@ -78,20 +80,29 @@ def run(spec, members, dest, store, run_id, full=False):
                     RunOptions(run_id=run_id, full_resync=full, allow_mass_removal=True))
 
 
+def audience_id(dest) -> str:
+    return "aud" if isinstance(dest, MemoryDestination) else next(iter(dest.audiences), "none")
+
+
+# Per batch (every row answered at once) and per job (rows pending until the job runs at the
+# session's finish, the job state journalled, a death after the job ran settled next run).
+@pytest.mark.parametrize("flavor", [MemoryDestination, MemoryJobDestination])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(runs=runs)
-def test_destination_matches_what_each_mode_promises(tmp_path_factory, runs):
+def test_destination_matches_what_each_mode_promises(tmp_path_factory, flavor, runs):
     root = tmp_path_factory.mktemp("snap")
-    dest = MemoryDestination(batch_rows=3)
-    store = SnapshotStore(root, "prop")
+    dest = flavor(batch_rows=3)
+    store = SnapshotStore(root / "syncs", "prop")
     real_commit = store.commit
     held = {}
     for i, (members, mode, reject, crash, full) in enumerate(runs):
         spec = SyncSpec(name="prop", audience="a", destination="mem", target=Target(name="aud"), mode=mode,
                         identifiers={"email": "email"}, fields={"plan": "plan"})
-        before = dict(dest.members("aud"))
+        before = dict(dest.members(audience_id(dest)))
         dest.reject = set(reject)
         dest.crash_at_batch = crash if isinstance(crash, int) else None
+        if isinstance(dest, MemoryJobDestination):
+            dest.crash_after_job = crash == "after job"
         store.commit = real_commit
         if crash == "commit":
             def die(*a, **k):
@@ -101,7 +112,7 @@ def test_destination_matches_what_each_mode_promises(tmp_path_factory, runs):
             result = run(spec, members, dest, store, f"r{i}", full)
         except Crash:
             continue  # at-least-once: nothing to check until a run completes
-        held = dest.members("aud")
+        held = dest.members(audience_id(dest))
         # The snapshot is exactly what the destination holds after every completed run,
         # except rows whose fate is still unknown (journalled, or marked with row hash 0).
         unknown = unknown_keys(store)
@@ -119,13 +130,16 @@ def test_destination_matches_what_each_mode_promises(tmp_path_factory, runs):
     # A final clean mirror run converges: every rejected or interrupted row was retried.
     final = runs[-1][0]
     dest.reject, dest.crash_at_batch, store.commit = set(), None, real_commit
+    dest.crash_after_job = False
     spec = SyncSpec(name="prop", audience="a", destination="mem", target=Target(name="aud"), mode="mirror",
                     identifiers={"email": "email"}, fields={"plan": "plan"})
     result = run(spec, final, dest, store, "final")
     assert result.failed == 0
-    assert dest.members("aud") == sent(final)
+    assert dest.members(audience_id(dest)) == sent(final)
     assert snapshot_state(store) == sent(final)
-    assert store.read_pending() is None
+    assert store.read_pending() is None and store.read_session() is None
+    # A name the platform cannot list resolved through the registry: one audience, created once.
+    assert len(dest.audiences) == 1
     # And a second clean run sends nothing at all.
     again = run(spec, final, dest, store, "final-2")
     assert (again.added, again.removed, again.updated) == (0, 0, 0)

@@ -10,9 +10,12 @@ import hashlib
 import pyarrow.csv as pacsv
 import pytest
 
-from audience_pipelines.destinations.file import FileDestination, FileSettings
-from audience_pipelines.destinations.meta_custom_audiences import MetaCustomAudiencesDestination, MetaSettings
-from audience_pipelines.destinations.webhook import WebhookDestination, WebhookSettings
+from audience_pipelines.destinations.file import FileSettings
+from audience_pipelines.destinations.file.client import FileDestination
+from audience_pipelines.destinations.meta_custom_audiences import MetaSettings
+from audience_pipelines.destinations.meta_custom_audiences.client import MetaCustomAudiencesDestination
+from audience_pipelines.destinations.webhook import WebhookSettings
+from audience_pipelines.destinations.webhook.client import WebhookDestination
 from audience_pipelines_tests.fakes import FakeMeta, FakeWebhook
 from audience_pipelines_tests.faults import ENGINE_FAULTS, MODES, Case, scenario
 

@@ -41,7 +41,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from audience_pipelines.destinations.sql_table import SqlTableDestination, SqlTableSettings
+from audience_pipelines.destinations.sql_table import SqlTableSettings
+from audience_pipelines.destinations.sql_table.client import SqlTableDestination
 from audience_pipelines_tests.faults import ENGINE_FAULTS, M1, MODES, Case, promised, scenario
 
 pytestmark = pytest.mark.postgres

@@ -7,8 +7,9 @@ import json
 import pyarrow as pa
 import pytest
 
-from audience_pipelines.destinations import Target
-from audience_pipelines.destinations.meta_custom_audiences import MetaCustomAudiencesDestination, MetaSettings
+from audience_pipelines.contract import Target
+from audience_pipelines.destinations.meta_custom_audiences import MetaSettings
+from audience_pipelines.destinations.meta_custom_audiences.client import MetaCustomAudiencesDestination
 from audience_pipelines.engine import DestinationError, RunOptions, SnapshotStore, SyncAborted, SyncSpec, run_sync
 from audience_pipelines_tests.fakes import FakeMeta
 

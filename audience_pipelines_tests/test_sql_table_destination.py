@@ -7,8 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from audience_pipelines.destinations import Target
-from audience_pipelines.destinations.sql_table import SqlTableDestination, SqlTableSettings
+from audience_pipelines.contract import Target
+from audience_pipelines.destinations.sql_table import SqlTableSettings
+from audience_pipelines.destinations.sql_table.client import SqlTableDestination
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncSpec, run_sync
 
 SPEC = SyncSpec(name="t", audience="a", destination="db", target=Target(name="vip"),

@@ -9,8 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from audience_pipelines.destinations import Target
-from audience_pipelines.destinations.webhook import WebhookDestination, WebhookSettings
+from audience_pipelines.contract import Target
+from audience_pipelines.destinations.webhook import WebhookSettings
+from audience_pipelines.destinations.webhook.client import WebhookDestination
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncAborted, SyncSpec, run_sync
 from audience_pipelines_tests.fakes import FakeWebhook, sign
 

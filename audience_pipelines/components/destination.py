@@ -1,19 +1,13 @@
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import dagster as dg
 
 from audience_pipelines.components.catalog import where
 from audience_pipelines.components.yaml_text import Text, resolve_text
-from audience_pipelines.config import check_destination_config, text_settings
-from audience_pipelines.destinations import DESTINATION_TYPES
+from audience_pipelines.config import ConfiguredDestination, configure_destination, text_settings
 from audience_pipelines.engine import ConfigError
-from audience_pipelines.resources import DestinationResource
-
-# Kind tags shown in the UI per destination type.
-KIND_TAGS = {"sql_table": "sql", "file": "file", "webhook": "webhook", "meta_custom_audiences": "meta"}
 
 
 def resolve_settings(context: dg.ResolutionContext, model) -> dict[str, Any]:
@@ -45,17 +39,13 @@ class Destination(dg.Component, dg.Model, dg.Resolvable):
     def resource_key(self) -> str:
         return f"destination_{self.name}"
 
-    @property
-    def capabilities(self):
-        return DESTINATION_TYPES[self.type].capabilities
-
-    def validate_in(self, context: dg.ComponentLoadContext) -> None:
+    def configured(self, context: dg.ComponentLoadContext) -> ConfiguredDestination:
+        """Settings validated against the type's model (no secret is read); errors name the file and key."""
         try:
-            check_destination_config(self.name, self.type, self.settings, self.from_env)
+            return configure_destination(self.name, self.type, self.settings, self.from_env)
         except ConfigError as exc:
             raise ConfigError(f"{where(context)}: {exc}") from None
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        self.validate_in(context)
-        return dg.Definitions(resources={self.resource_key: DestinationResource(
-            name=self.name, type=self.type, settings_json=json.dumps(self.settings), from_env=self.from_env)})
+        # The validated destination itself is the resource: runs open it, reading secrets then.
+        return dg.Definitions(resources={self.resource_key: self.configured(context)})

@@ -7,13 +7,13 @@ import pyarrow.parquet as pq
 
 from audience_pipelines.components.audience import Audience, audience_key
 from audience_pipelines.components.catalog import find, where
-from audience_pipelines.components.destination import KIND_TAGS, Destination
+from audience_pipelines.components.destination import Destination
 from audience_pipelines.components.schedules import (
     MANUAL, ON_AUDIENCE_UPDATE, ScheduleChoice, build_schedule, cron_of, describe, human, runs_per_four_weeks,
 )
 from audience_pipelines.components.settings import FULL_RESYNC_TAG, automation_interval_seconds, schedules_running
 from audience_pipelines.components.yaml_text import Text
-from audience_pipelines.destinations import Target
+from audience_pipelines.contract import Target
 from audience_pipelines.engine import (
     AudiencePipelinesError, ConfigError, MassRemovalBlocked, RunOptions, SyncResult, SyncSpec, run_sync,
 )
@@ -122,8 +122,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
         audience = find(context, Audience, self.audience, owner=owner, key="audience")
         destination = find(context, Destination, self.destination, owner=owner, key="destination")
         entity = audience.resolve(context)
-        destination.validate_in(context)
-        caps = destination.capabilities
+        caps = destination.configured(context).capabilities
         for key, value, allowed in (("mode", self.mode, MODES), ("removal", self.removal, REMOVALS)):
             if value not in allowed:
                 raise ConfigError(f"{at}: {owner}, key '{key}': '{value}' is not one of {list(allowed)}")
@@ -218,6 +217,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         spec, audience, destination = self.spec(context)
+        configured = destination.configured(context)
         warning = self.schedule_warning(context, audience)
         if warning:
             warnings.warn(ScheduleWarning(f"{where(context)}: {warning}"), stacklevel=2)
@@ -235,7 +235,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             store = storage.snapshot_store(spec.name)
             context.log.info(f"sync '{spec.name}': {members.num_rows:,} members, "
                              f"{RUN_KIND_TEXT[planned_run_kind(store, full)]}")
-            target = getattr(context.resources, dest_key).build(storage)
+            target = getattr(context.resources, dest_key).open(storage.root)
             try:
                 return run_sync(spec, members, target, store, RunOptions(
                     run_id=context.run.run_id, full_resync=full, allow_mass_removal=config.allow_mass_removal,
@@ -245,7 +245,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
 
         @dg.asset(
             key=key, deps=[audience_key(audience.name)], group_name="syncs",
-            kinds={KIND_TAGS.get(destination.type, destination.type)},
+            kinds={configured.type.kind_tag},
             description=self.describe(spec, destination, warning),
             required_resource_keys={"audience_storage", dest_key},
             check_specs=[

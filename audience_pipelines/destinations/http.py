@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from audience_pipelines.engine.errors import DestinationError
+from audience_pipelines.contract import DestinationError
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 

@@ -15,9 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-KEY = "key"
-KEY_HASH = "key_hash"
-ROW_HASH = "row_hash"
+from audience_pipelines.contract.columns import KEY, KEY_HASH, ROW_HASH
 
 _PARTITIONS = 8
 _PART_SHIFT = np.uint64(61)  # top 3 bits pick the partition

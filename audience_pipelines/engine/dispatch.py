@@ -1,4 +1,9 @@
-"""Send planned changes to a destination in batches, recording what it accepted."""
+"""Send planned changes through a destination session in batches, recording what it accepted.
+
+Every row ends a run accepted, rejected (answered: the platform said no), skipped (deliberately
+not sent), or unanswered (its fate is unknown: it stays journalled). Rows a session reports as
+pending take the session's finish as their answer.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from audience_pipelines.destinations.base import BatchContext, BatchResult, Destination
-from audience_pipelines.engine.diff import KEY
-from audience_pipelines.engine.errors import RowsRefused
+from audience_pipelines.contract import KEY, BatchContext, BatchResult, Finish, RowsRefused, Session
 
 
 # Extra requests a run may spend finding rows a platform counted as not applied
@@ -30,6 +33,10 @@ class Operation:
     previous_positions: np.ndarray | None = None  # updates: the snapshot rows they replace
     previous_sent: pa.Table | None = None  # updates: what to withdraw, aligned with previous_positions
     previous_silent: np.ndarray | None = None  # updates: previous rows with nothing to withdraw
+    # Not sent: done when the session finishes applied (the removes of a replace session).
+    implicit: bool = False
+    # Held rows a replace session did not carry: no longer held, whatever the answer.
+    dropped: np.ndarray | None = None
 
     def batch(self, lo: int, hi: int) -> tuple[pa.Table, np.ndarray, pa.Table | None]:
         """Rows to send for positions[lo:hi], which of those positions they are, and the previous rows."""
@@ -49,29 +56,46 @@ class Operation:
 class Outcome:
     accepted: dict[str, np.ndarray]
     answered: dict[str, np.ndarray]  # the destination said yes or no (not: timed out, never sent)
+    pending: dict[str, np.ndarray]  # accepted only if the session finishes applied
+    skipped: dict[str, np.ndarray]  # deliberately not sent (no profile); never committed
+    record_ids: dict[str, np.ndarray]  # the platform's record id per position, where it gave one
     rejections: list[dict] = field(default_factory=list)
+    skipped_sample: list[dict] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     rows_done: int = 0
     rows_total: int = 0
+    finish: Finish | None = None
     error: BaseException | None = None
 
 
+@dataclass
+class _Answer:
+    """One batch's answer, positions in the rows sent."""
+
+    rejected: dict[int, str] = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)
+    record_ids: dict[int, str] = field(default_factory=dict)
+    pending: bool = False
+
+
 class Dispatcher:
-    def __init__(self, destination: Destination, audience_id: str, sync: str, options, batch_size: int | None):
-        self.destination = destination
-        self.audience_id = audience_id
+    def __init__(self, session: Session, max_batch_rows: int, sync: str, options, batch_size: int | None):
+        self.session = session
         self.sync = sync
         self.options = options
-        cap = destination.capabilities.max_batch_rows
-        self.batch_size = min(batch_size, cap) if batch_size else cap
+        self.batch_size = min(batch_size, max_batch_rows) if batch_size else max_batch_rows
         self.isolation_left = MAX_ISOLATION_REQUESTS
 
     def run(self, ops: list[Operation]) -> Outcome:
         # Nothing is accepted until the destination says so.
-        outcome = Outcome(accepted={op.name: np.zeros(len(op.positions), dtype=bool) for op in ops},
-                          answered={op.name: np.zeros(len(op.positions), dtype=bool) for op in ops})
-        outcome.rows_total = sum(len(op.positions) for op in ops)
-        batches = [(op, lo) for op in ops for lo in range(0, len(op.positions), self.batch_size)]
+        def blank(dtype=bool):
+            return {op.name: np.zeros(len(op.positions), dtype=dtype) for op in ops}
+
+        outcome = Outcome(accepted=blank(), answered=blank(), pending=blank(), skipped=blank(),
+                          record_ids={op.name: np.full(len(op.positions), None, dtype=object) for op in ops})
+        sent_ops = [op for op in ops if not op.implicit]
+        outcome.rows_total = sum(len(op.positions) for op in sent_ops)
+        batches = [(op, lo) for op in sent_ops for lo in range(0, len(op.positions), self.batch_size)]
         progress = _Progress(outcome.rows_total, len(batches), self.options)
         for seq, (op, lo) in enumerate(batches, start=1):
             hi = min(lo + self.batch_size, len(op.positions))
@@ -79,54 +103,95 @@ class Dispatcher:
             ctx = BatchContext(self.sync, self.options.run_id, "add" if op.name == "resend" else op.name,
                                seq, seq == len(batches))
             try:
-                rejected = self._send(op.name, rows, previous, ctx, outcome.stats) if rows.num_rows else {}
+                answer = self._send(ctx.operation, rows, previous, ctx, outcome.stats) if rows.num_rows else _Answer()
             except Exception as exc:  # noqa: BLE001 - commit what was accepted, then report
                 if getattr(exc, "fatal", True):
                     outcome.error = exc
                     break
-                rejected = {i: str(exc) for i in range(rows.num_rows)}
-            ok = np.ones(hi - lo, dtype=bool)
-            if rejected:
-                # Rejections index the sent rows; map them back to the batch.
-                bad = np.fromiter((i for i in rejected if 0 <= i < len(sent_at)), dtype=np.int64)
-                ok[sent_at[bad]] = False
-                keys = rows[KEY]
-                for i, reason in sorted(rejected.items()):
-                    if 0 <= i < len(sent_at):
-                        outcome.rejections.append(
-                            {"key": keys[i].as_py(), "operation": op.name, "reason": str(reason)[:500]})
-            outcome.accepted[op.name][lo:hi] = ok
-            outcome.answered[op.name][lo:hi] = True
+                answer = _Answer(rejected={i: str(exc) for i in range(rows.num_rows)})
+            self._record(outcome, op, lo, hi, rows, sent_at, answer)
             outcome.rows_done += hi - lo
             progress.batch_done(outcome.rows_done, seq)
+        self._finish(outcome, ops)
         progress.finish(outcome.rows_done, outcome.error is None)
         return outcome
 
-    def _call(self, name: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext) -> BatchResult:
-        if name == "remove":
-            return self.destination.remove(self.audience_id, rows, ctx)
-        if name == "update":
-            return self.destination.update(self.audience_id, rows, previous, ctx)
-        return self.destination.add(self.audience_id, rows, ctx)
+    def _record(self, outcome: Outcome, op: Operation, lo: int, hi: int, rows: pa.Table, sent_at: np.ndarray,
+                answer: _Answer) -> None:
+        ok = np.ones(hi - lo, dtype=bool)
+        keys = rows[KEY]
+        # Answers index the sent rows; map them back to the batch.
+        for i, reason in sorted(answer.rejected.items()):
+            if 0 <= i < len(sent_at):
+                ok[sent_at[i]] = False
+                outcome.rejections.append({"key": keys[i].as_py(), "operation": op.name, "reason": str(reason)[:500]})
+        for i, reason in sorted(answer.skipped.items()):
+            if 0 <= i < len(sent_at) and ok[sent_at[i]]:
+                ok[sent_at[i]] = False
+                outcome.skipped[op.name][lo + sent_at[i]] = True
+                if len(outcome.skipped_sample) < 10:
+                    outcome.skipped_sample.append({"key": keys[i].as_py(), "reason": str(reason)[:300]})
+        for i, rid in answer.record_ids.items():
+            if 0 <= i < len(sent_at):
+                outcome.record_ids[op.name][lo + sent_at[i]] = str(rid)
+        if answer.pending:
+            outcome.pending[op.name][lo:hi] = ok
+        else:
+            outcome.accepted[op.name][lo:hi] = ok
+        outcome.answered[op.name][lo:hi] = True
+
+    def _finish(self, outcome: Outcome, ops: list[Operation]) -> None:
+        """The session's end is the answer for pending rows and for the implicit operations."""
+        try:
+            finish = self.session.finish(complete=outcome.error is None)
+        except Exception as exc:  # noqa: BLE001 - pending rows stay unknown; reported like a stop
+            finish = Finish("unknown", reason=f"{type(exc).__name__}: {exc}")
+            if outcome.error is None:
+                outcome.error = exc
+        outcome.finish = finish
+        for k, v in finish.stats.items():
+            outcome.stats[k] = outcome.stats.get(k, 0) + v
+        for op in ops:
+            pending = outcome.pending[op.name]
+            if op.implicit:
+                pending[:] = True
+            if not pending.any():
+                continue
+            if finish.status == "applied":
+                keys = op.table[KEY].take(pa.array(op.positions, pa.int64())).to_numpy(zero_copy_only=False)
+                refused = np.isin(keys, list(finish.rejected)) & pending if finish.rejected else np.zeros_like(pending)
+                outcome.accepted[op.name] |= pending & ~refused
+                for i in np.flatnonzero(refused):
+                    outcome.rejections.append({"key": keys[i], "operation": op.name,
+                                               "reason": str(finish.rejected[keys[i]])[:500]})
+                outcome.answered[op.name] |= pending
+            elif finish.status == "failed":
+                if not op.implicit:
+                    keys = op.table[KEY].take(pa.array(op.positions[pending], pa.int64())).to_pylist()
+                    outcome.rejections += [{"key": k, "operation": op.name, "reason": finish.reason[:500]}
+                                           for k in keys]
+                outcome.answered[op.name] |= pending
+            else:  # unknown: neither accepted nor answered, so they stay journalled
+                outcome.answered[op.name] &= ~pending
 
     def _send(self, name: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext,
-              stats: dict[str, int]) -> dict[int, str]:
-        """Send rows; return those (positions in `rows`) the platform did not apply, with reasons."""
+              stats: dict[str, int]) -> _Answer:
+        """Send rows; return what the platform did not apply (positions in `rows`), with reasons."""
         everything = np.arange(rows.num_rows)
         try:
-            res = self._call(name, rows, previous, ctx)
+            res: BatchResult = self.session.send(name, rows, previous, ctx)
         except RowsRefused as exc:  # nothing applied; some rows are to blame
-            return self._narrow(name, rows, previous, ctx, everything, str(exc), stats)
+            return _Answer(rejected=self._narrow(name, rows, previous, ctx, everything, str(exc), stats))
         if not ctx.part:  # a part sent again would count its rows twice
             for k, v in res.stats.items():
                 stats[k] = stats.get(k, 0) + v
         rejected = dict(res.rejected)
         if res.unapplied:
-            rest = everything[[i not in rejected for i in everything]]
+            rest = everything[[i not in rejected and i not in res.skipped for i in everything]]
             rejected.update(self._narrow(name, rows, previous, ctx, rest,
                                          res.unapplied_reason or "not applied by the platform", stats,
                                          count=res.unapplied))
-        return rejected
+        return _Answer(rejected, dict(res.skipped), dict(res.record_ids), res.pending)
 
     def _narrow(self, name: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext,
                 idx: np.ndarray, reason: str, stats: dict[str, int], count: int | None = None) -> dict[int, str]:
@@ -150,7 +215,7 @@ class Dispatcher:
             part_previous = None if previous is None else \
                 previous.filter(pc.is_in(previous[KEY], value_set=part[KEY].combine_chunks()))
             part_ctx = replace(ctx, part=f"{ctx.part}.{n}" if ctx.part else str(n))
-            for i, r in self._send(name, part, part_previous, part_ctx, stats).items():
+            for i, r in self._send(name, part, part_previous, part_ctx, stats).rejected.items():
                 found[int(half[i])] = r
         return found
 

@@ -1,12 +1,8 @@
 """Errors the engine raises; each message names the sync and what to do."""
 
-
-class AudiencePipelinesError(Exception):
-    """Base class for errors a user can act on."""
-
-
-class ConfigError(AudiencePipelinesError):
-    pass
+from audience_pipelines.contract.errors import (  # noqa: F401 - the engine's errors include the contract's
+    AudiencePipelinesError, ConfigError, CredentialsError, DestinationError, RowsRefused, TerminalError,
+)
 
 
 class AudienceError(AudiencePipelinesError):
@@ -26,27 +22,6 @@ class MassRemovalBlocked(AudiencePipelinesError):
         super().__init__(message)
         self.removes, self.held, self.limit = removes, held, limit
         self.result = result  # the SyncResult as far as the run got: nothing sent
-
-
-class DestinationError(AudiencePipelinesError):
-    """A destination call failed after retries.
-
-    `fatal` errors (bad credentials, missing audience) stop the run: every
-    later batch would fail the same way. Others reject only their batch.
-    """
-
-    def __init__(self, message: str, *, status: int | None = None, fatal: bool = False):
-        super().__init__(message)
-        self.status = status
-        self.fatal = fatal
-
-
-class RowsRefused(DestinationError):
-    """The destination refused a whole batch because of some of its rows, without naming them.
-
-    Nothing of the batch was applied (a rolled-back transaction, say). The engine
-    sends parts of the batch again to find the rows to blame; the rest go through.
-    """
 
 
 class SyncAborted(AudiencePipelinesError):

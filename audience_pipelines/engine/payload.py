@@ -8,8 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from audience_pipelines.destinations.base import Destination
-from audience_pipelines.engine.diff import KEY, KEY_HASH, ROW_HASH
+from audience_pipelines.contract import KEY, KEY_HASH, RECORD_ID, ROW_HASH, Destination
 from audience_pipelines.engine.errors import SyncInputError
 from audience_pipelines.engine.hashing import key_hash, row_hash
 from audience_pipelines.identifiers import normalize
@@ -105,4 +104,6 @@ def build_payload(
     kh = key_hash(table[KEY])
     rh = row_hash([table[c] for c in id_cols + field_cols], table[KEY])
     table = table.append_column(KEY_HASH, pa.array(kh, pa.uint64())).append_column(ROW_HASH, pa.array(rh, pa.uint64()))
+    if destination.capabilities.keeps_record_ids:  # filled from the snapshot and the platform's answers
+        table = table.append_column(RECORD_ID, pa.nulls(table.num_rows, pa.string()))
     return Payload(table, id_cols, field_cols, set_aside, samples, invalid, invalid_set_aside)

@@ -4,6 +4,7 @@ Layout under `<root>/<sync>/`:
   manifest.json          the commit point: names the current snapshot file
   snapshot-<run>.parquet what was accepted, as sent, with key_hash and row_hash
   pending.parquet        rows sent (or about to be) whose outcome is not known yet
+  session.json           the state of a destination session (a job, a replace) not yet finished
   runs/<run>/rejected.parquet
   .lock                  held for the whole run (flock)
 A new snapshot file is written and fsynced first, then the manifest is
@@ -54,7 +55,8 @@ def _fsync_write(path: Path, data: bytes) -> None:
 class SnapshotStore:
     def __init__(self, root: str | Path, sync: str):
         self.sync = sync
-        self.dir = Path(root) / _SAFE.sub("_", sync)
+        self.root = Path(root)
+        self.dir = self.root / _SAFE.sub("_", sync)
 
     @property
     def manifest_path(self) -> Path:
@@ -129,6 +131,28 @@ class SnapshotStore:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.pending_path)
+
+    @property
+    def session_path(self) -> Path:
+        return self.dir / "session.json"
+
+    def read_session(self) -> dict | None:
+        """The journalled state of a session a run left unfinished."""
+        try:
+            return json.loads(self.session_path.read_text())
+        except FileNotFoundError:
+            return None
+
+    def write_session(self, entry: dict | None) -> None:
+        if entry is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.session_path.unlink()
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / ".session.json.tmp"
+        _fsync_write(tmp, json.dumps(entry, indent=2, sort_keys=True).encode())
+        os.replace(tmp, self.session_path)
+        _fsync_dir(self.dir)
 
     def write_rejections(self, run_id: str, table: pa.Table) -> Path:
         run_dir = self.dir / "runs" / _SAFE.sub("_", run_id)

@@ -13,10 +13,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from audience_pipelines.destinations.base import Destination, Target
-from audience_pipelines.engine.diff import KEY, ROW_HASH, DiffPlan, plan_diff
-from audience_pipelines.engine.dispatch import Dispatcher, Operation
-from audience_pipelines.engine.errors import ConfigError, DestinationError, MassRemovalBlocked, SyncAborted
+from audience_pipelines.contract import (
+    KEY, RECORD_ID, ROW_HASH, Destination, DestinationError, SessionContext, Target, TerminalError,
+)
+from audience_pipelines.engine.audiences import AudienceRegistry, open_audience
+from audience_pipelines.engine.diff import DiffPlan, plan_diff
+from audience_pipelines.engine.dispatch import Dispatcher, Operation, Outcome
+from audience_pipelines.engine.errors import ConfigError, MassRemovalBlocked, SyncAborted
 from audience_pipelines.engine.payload import SAMPLE, Payload, build_payload
 from audience_pipelines.engine.snapshot import Manifest, SnapshotStore
 
@@ -72,6 +75,8 @@ class RunOptions:
     progress_interval_s: float = 5.0
     # How a person allows a mass removal where this run was launched (the orchestrator knows).
     allow_mass_removal_hint: str = "run it again with allow_mass_removal set"
+    # Created audiences, per destination account; default: `destinations/` beside the syncs' folder.
+    registry: AudienceRegistry | None = None
 
 
 @dataclass
@@ -88,6 +93,9 @@ class SyncResult:
     failed: int = 0
     set_aside: int = 0
     skipped: int = 0
+    # Members with no profile on a platform that needs one, where the sync does not create profiles.
+    skipped_no_profile: int = 0
+    skipped_sample: list[dict] = field(default_factory=list)
     # Leavers not withdrawn: every identifier the platform matches on is still sent by a current member.
     shared_not_withdrawn: int = 0
     unchanged: int = 0
@@ -101,6 +109,8 @@ class SyncResult:
     set_aside_sample: list[dict] = field(default_factory=list)
     rejected_path: str | None = None
     audience_size: int | None = None
+    match_rate: float | None = None
+    replaced: bool = False  # sent as one replace session (departed members dropped when it closed)
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -154,13 +164,15 @@ def run_sync(
     with store.lock(options.run_id):
         payload = build_payload(spec.name, members, destination, spec.identifiers, spec.fields,
                                 spec.default_region, spec.region_column)
-        try:
-            audience_id = destination.resolve_target(spec.target)
-        except DestinationError as exc:
-            raise DestinationError(f"sync '{spec.name}': could not open the destination audience "
-                                   f"({spec.target.describe()}): {exc}", status=exc.status, fatal=True) from exc
-        manifest = store.manifest()
         notes: list[str] = []
+        registry = options.registry or AudienceRegistry(store.root.parent / "destinations")
+        try:
+            audience_id = open_audience(destination, spec.target, registry, spec.name, options.run_id, notes)
+        except DestinationError as exc:  # nothing was sent: every failure here stops the run
+            kind = type(exc) if isinstance(exc, TerminalError) else TerminalError
+            raise kind(f"sync '{spec.name}': could not open the destination audience "
+                       f"({spec.target.describe()}): {exc}", status=exc.status) from exc
+        manifest = store.manifest()
         old = None
         audience_changed = bool(manifest and manifest.snapshot_file
                                 and manifest.destination_audience_id != audience_id)
@@ -174,6 +186,7 @@ def run_sync(
                 old = store.read()
             if manifest.config_fingerprint != spec.fingerprint():
                 notes.append("sync configuration changed since the last run")
+        replace_again = _recover_session(destination, store, audience_id, audience_changed, notes)
         first_run = old is None
         schema = payload.table.schema
         old = _conform(old, schema) if old is not None else schema.empty_table()
@@ -185,33 +198,32 @@ def run_sync(
         else:
             pending = None
         plan = plan_diff(payload.table, old)
+        if RECORD_ID in schema.names:  # members already held keep the platform's record id
+            payload.table = _with_old_record_ids(payload.table, old, plan)
+        full = options.full_resync or replace_again
+        replace = (full and not first_run and destination.capabilities.replaces_audience and spec.mode == "mirror"
+                   and spec.sends_removes and payload.table.num_rows > 0)
         result = SyncResult(
             sync=spec.name, run_id=options.run_id,
-            run_kind=FIRST_RUN if first_run else FULL_RESEND if options.full_resync else DIFF,
+            run_kind=FIRST_RUN if first_run else FULL_RESEND if full else DIFF,
             sync_mode=spec.mode, destination_audience_id=audience_id,
             membership_rows=members.num_rows, set_aside=payload.set_aside, held_before=old.num_rows,
             set_aside_sample=payload.set_aside_samples, invalid_identifiers=payload.invalid_identifiers,
-            invalid_identifiers_set_aside=payload.invalid_identifiers_set_aside, notes=notes,
+            invalid_identifiers_set_aside=payload.invalid_identifiers_set_aside, notes=notes, replaced=replace,
         )
         _guard_mass_removal(spec, plan, old.num_rows, options, result)
-        ops = _operations(spec, plan, payload, old, options, result, _match_columns(spec, destination))
+        ops = _operations(spec, plan, payload, old, full, result,
+                          [] if replace else _match_columns(spec, destination), replace)
         # Journal what is about to be sent: if this run dies, the next one resends it.
         journal = _journal(ops, pending)
         store.write_pending(journal)
-        dispatcher = Dispatcher(destination, audience_id, spec.name, options, spec.batch_size)
-        outcome = dispatcher.run(ops)
+        outcome = _dispatch(spec, destination, store, audience_id, ops, options, replace)
+        _count(result, ops, outcome)
+        if replace:  # rows a replace did not carry are gone from the audience, whatever they were
+            _drop_unreplaced(ops, outcome)
         result.destination_stats = outcome.stats
-        accepted = outcome.accepted
-        for op in ops:
-            n_ok = int(accepted[op.name].sum())
-            n_silent = int(op.silent.sum()) if op.silent is not None else 0
-            setattr(result, op.counter, getattr(result, op.counter) + n_ok - n_silent)
-            result.shared_not_withdrawn += n_silent
-            result.failed += len(op.positions) - n_ok
-        if result.shared_not_withdrawn:
-            notes.append(f"{result.shared_not_withdrawn} departed members were not withdrawn: every identifier "
-                         "the platform matches them on is still sent by a current member")
         result.errors_sample = outcome.rejections[:SAMPLE]
+        result.skipped_sample = outcome.skipped_sample
         if outcome.rejections:
             keys = [r["key"] for r in outcome.rejections]
             result.rejected_path = str(store.write_rejections(options.run_id, pa.table({
@@ -219,10 +231,11 @@ def run_sync(
                 "operation": [r["operation"] for r in outcome.rejections],
                 "reason": [r["reason"] for r in outcome.rejections],
             })))
-        snapshot = _next_snapshot(payload.table, old, ops, accepted)
+        new = _with_record_ids(payload.table, ops, outcome)
+        snapshot = _next_snapshot(new, old, ops, outcome.accepted)
         # Rows marked unknown from the journal must be persisted as unknown, even when rejected.
-        changed = first_run or pending is not None or any(
-            int(a.sum()) for name, a in accepted.items() if name != "resend")
+        changed = first_run or pending is not None or replace or any(
+            int(a.sum()) for name, a in outcome.accepted.items() if name != "resend")
         store.commit(snapshot if changed else None, Manifest(
             sync=spec.name, snapshot_file=None, run_id=options.run_id,
             committed_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -231,7 +244,13 @@ def run_sync(
                     "resent": result.resent, "failed": result.failed},
         ))
         store.write_pending(_unanswered(journal, ops, outcome.answered))
+        if outcome.finish is not None and outcome.finish.status != "unknown" and not (
+                replace and outcome.error is not None):
+            store.write_session(None)  # settled; a replace cut short stays journalled for the next run
         result.snapshot_rows = store.manifest().rows
+        if outcome.finish is not None and outcome.finish.status == "unknown" and outcome.error is None:
+            notes.append(f"the destination has not finished applying this run's changes "
+                         f"({outcome.finish.reason or 'still running'}); the next run settles them")
         if outcome.error is not None:
             result.duration_s = time.monotonic() - started
             raise SyncAborted(
@@ -241,11 +260,97 @@ def run_sync(
                 "the next run sends the rest.", result=result,
             ) from outcome.error
         try:
-            result.audience_size = destination.audience_size(audience_id)
-        except Exception as exc:  # a size read-back is informative only
+            stats = destination.audience_stats(audience_id)
+        except Exception as exc:  # a read-back is informative only
+            stats = None
             notes.append(f"could not read the audience size back: {type(exc).__name__}")
+        if stats is not None:
+            result.audience_size, result.match_rate = stats.size, stats.match_rate
     result.duration_s = time.monotonic() - started
     return result
+
+
+def _recover_session(destination: Destination, store: SnapshotStore, audience_id: str, audience_changed: bool,
+                     notes: list[str]) -> bool:
+    """Settle a session an earlier run left open; True when this run must replace the audience in full."""
+    leftover = store.read_session()
+    if leftover is None:
+        return False
+    if leftover.get("audience_id") != audience_id or audience_changed:
+        notes.append(f"a session left open on audience {leftover.get('audience_id')} by run "
+                     f"{leftover.get('run_id')} was dropped: the sync now writes audience {audience_id}")
+        store.write_session(None)
+        return False
+    recovery = destination.recover(audience_id, leftover.get("state") or {})
+    notes.append(f"run {leftover.get('run_id')} left a session open: {recovery.note}")
+    if recovery.replace_again:
+        return True  # the journal entry stays until this run's own replace settles it
+    if recovery.settled:
+        store.write_session(None)
+    return False
+
+
+def _dispatch(spec: SyncSpec, destination: Destination, store: SnapshotStore, audience_id: str,
+              ops: list[Operation], options: RunOptions, replace: bool) -> Outcome:
+    def save_state(state: dict) -> None:
+        store.write_session({"run_id": options.run_id, "audience_id": audience_id, "replace": replace,
+                             "state": state})
+
+    total = sum(len(op.positions) for op in ops if not op.implicit)
+    session = destination.open_session(SessionContext(spec.name, options.run_id, audience_id, replace, total,
+                                                      save_state))
+    dispatcher = Dispatcher(session, destination.capabilities.max_batch_rows, spec.name, options, spec.batch_size)
+    return dispatcher.run(ops)
+
+
+def _count(result: SyncResult, ops: list[Operation], outcome: Outcome) -> None:
+    for op in ops:
+        accepted = outcome.accepted[op.name]
+        n_ok = int(accepted.sum())
+        n_silent = int((op.silent & accepted).sum()) if op.silent is not None else 0
+        n_skipped = int(outcome.skipped[op.name].sum())
+        setattr(result, op.counter, getattr(result, op.counter) + n_ok - n_silent)
+        result.shared_not_withdrawn += n_silent
+        result.skipped_no_profile += n_skipped
+        # Rows a job has not settled yet are not failures: they stay journalled.
+        unsettled = int((outcome.pending[op.name] & ~outcome.answered[op.name]).sum())
+        result.failed += len(op.positions) - n_ok - n_skipped - unsettled
+    if result.shared_not_withdrawn:
+        result.notes.append(f"{result.shared_not_withdrawn} departed members were not withdrawn: every identifier "
+                            "the platform matches them on is still sent by a current member")
+    if result.skipped_no_profile:
+        result.notes.append(f"{result.skipped_no_profile} members have no profile on the platform and were not "
+                            "sent (the sync does not create profiles)")
+
+
+def _drop_unreplaced(ops: list[Operation], outcome: Outcome) -> None:
+    """After a replace, a held member the replace did not carry is no longer held: record it removed."""
+    if outcome.finish is None or outcome.finish.status != "applied":
+        return  # the replace did not close: nothing is known to be dropped
+    for op in ops:
+        if op.name in ("update", "resend"):
+            op.dropped = outcome.answered[op.name] & ~outcome.accepted[op.name]
+
+
+def _with_old_record_ids(new: pa.Table, old: pa.Table, plan: DiffPlan) -> pa.Table:
+    matched_new = np.concatenate([plan.update_new, plan.unchanged_new])
+    matched_old = np.concatenate([plan.update_old, plan.unchanged_old])
+    ids = np.full(new.num_rows, None, dtype=object)
+    ids[matched_new] = np.asarray(old[RECORD_ID].to_pylist(), dtype=object)[matched_old] if len(matched_old) else []
+    return new.set_column(new.column_names.index(RECORD_ID), RECORD_ID, pa.array(ids, pa.string()))
+
+
+def _with_record_ids(new: pa.Table, ops: list[Operation], outcome: Outcome) -> pa.Table:
+    """The payload with the record ids the platform gave for rows sent this run."""
+    if RECORD_ID not in new.column_names:
+        return new
+    ids = np.asarray(new[RECORD_ID].to_pylist(), dtype=object)
+    for op in ops:
+        if op.table is new and op.name != "remove":
+            got = outcome.record_ids[op.name]
+            given = np.array([v is not None for v in got], dtype=bool)
+            ids[op.positions[given]] = got[given]
+    return new.set_column(new.column_names.index(RECORD_ID), RECORD_ID, pa.array(ids.tolist(), pa.string()))
 
 
 _UNKNOWN = 0  # row hash meaning "state at the destination unknown": never equal to a real row
@@ -344,12 +449,13 @@ def _withdrawals(payload: Payload, old: pa.Table, positions: np.ndarray,
     return rows, ~left
 
 
-def _operations(spec: SyncSpec, plan: DiffPlan, payload: Payload, old: pa.Table, options: RunOptions,
-                result: SyncResult, match_columns: list[str]) -> list[Operation]:
+def _operations(spec: SyncSpec, plan: DiffPlan, payload: Payload, old: pa.Table, full: bool,
+                result: SyncResult, match_columns: list[str], replace: bool) -> list[Operation]:
     ops: list[Operation] = []
     new = payload.table
     if spec.sends_removes:
-        remove = Operation("remove", "removed", plan.remove, old)
+        # A replace session drops departed members when it closes: nothing to send for them.
+        remove = Operation("remove", "removed", plan.remove, old, implicit=replace)
         if match_columns:
             remove.sent, remove.silent = _withdrawals(payload, old, plan.remove, match_columns)
         ops.append(remove)
@@ -357,14 +463,14 @@ def _operations(spec: SyncSpec, plan: DiffPlan, payload: Payload, old: pa.Table,
         result.skipped += len(plan.remove)
     if spec.sends_adds:
         update = Operation("update", "updated", plan.update_new, new, previous_positions=plan.update_old,
-                           previous_sent=old.take(pa.array(plan.update_old, pa.int64())))
+                           previous_sent=None if replace else old.take(pa.array(plan.update_old, pa.int64())))
         if match_columns:
             update.previous_sent, update.previous_silent = _withdrawals(payload, old, plan.update_old,
                                                                          match_columns)
         ops.append(update)
         ops.append(Operation("add", "added", plan.add, new))
-        if options.full_resync:
-            ops.append(Operation("resend", "resent", plan.unchanged_new, new))
+        if full:
+            ops.append(Operation("resend", "resent", plan.unchanged_new, new, previous_positions=plan.unchanged_old))
         else:
             result.unchanged = len(plan.unchanged_new)
     else:
@@ -375,7 +481,10 @@ def _operations(spec: SyncSpec, plan: DiffPlan, payload: Payload, old: pa.Table,
 
 def _next_snapshot(new: pa.Table, old: pa.Table, ops: list[Operation],
                    accepted: dict[str, np.ndarray]) -> pa.Table:
-    """Old snapshot - accepted removes - accepted updates (old side) + accepted adds and updates."""
+    """Old snapshot - accepted removes - accepted updates (old side) + accepted adds and updates.
+
+    After a replace, held rows it did not carry (`dropped`) leave the snapshot too.
+    """
     keep_old = np.ones(old.num_rows, dtype=bool)
     take_new = []
     for op in ops:
@@ -387,6 +496,8 @@ def _next_snapshot(new: pa.Table, old: pa.Table, ops: list[Operation],
             take_new.append(op.positions[ok])
         elif op.name == "add":
             take_new.append(op.positions[ok])
+        if op.dropped is not None and op.previous_positions is not None:
+            keep_old[op.previous_positions[op.dropped]] = False
     idx = np.concatenate(take_new) if take_new else np.empty(0, dtype=np.int64)
     parts = [old.filter(pa.array(keep_old)), new.take(pa.array(idx, pa.int64()))]
     return pa.concat_tables(parts).combine_chunks()

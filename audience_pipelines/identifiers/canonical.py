@@ -22,12 +22,9 @@ import phonenumbers
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from audience_pipelines.identifiers.kinds import KINDS
 from audience_pipelines.identifiers.hashing import as_string_array, is_sha256_hex, map_unique
 
-KINDS: tuple[str, ...] = (
-    "email", "phone", "first_name", "last_name", "country", "zip", "city", "state",
-    "gender", "birth_year", "user_id", "external_id", "device_id",
-)
 
 # Kinds that platforms hash: a 64-hex value here is a pre-hashed warehouse
 # column and is passed through instead of failing e.g. the email pattern.

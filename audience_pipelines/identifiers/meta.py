@@ -11,22 +11,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from audience_pipelines.identifiers.kinds import META_FIELDS
 from audience_pipelines.identifiers.hashing import as_string_array, is_sha256_hex, sha256_hex
 
-META_FIELDS: dict[str, str] = {
-    "email": "EMAIL",
-    "phone": "PHONE",
-    "first_name": "FN",
-    "last_name": "LN",
-    "country": "COUNTRY",
-    "zip": "ZIP",
-    "city": "CT",
-    "state": "ST",
-    "gender": "GEN",
-    "birth_year": "DOBY",
-    "external_id": "EXTERN_ID",
-    "device_id": "MADID",
-}
 
 _NULL_STR = pa.scalar(None, pa.string())
 

@@ -7,6 +7,7 @@ import itertools
 import json
 import re
 import secrets
+import time
 from collections import namedtuple
 from urllib.parse import urlencode
 
@@ -22,6 +23,7 @@ SINGLE_KEYS = {"EMAIL_SHA256": "EMAIL", "PHONE_SHA256": "PHONE", "MOBILE_ADVERTI
 FILE_SOURCES = frozenset({"USER_PROVIDED_ONLY", "PARTNER_PROVIDED_ONLY",
                           "BOTH_USER_AND_PARTNER_PROVIDED"})
 MAX_ROWS, MAX_SAMPLES = 10_000, 10
+REPLACE_WINDOW_S = 5400  # Meta ends a usersreplace session 90 minutes after its first batch
 THROTTLES = {  # code -> (subcode, message)
     4: (1504022, "Application request limit reached"),
     17: (2446079, "User request limit reached"),
@@ -36,6 +38,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _VERSION = re.compile(r"^/v\d+(?:\.\d+)?(?=/)")
 _ACT_CA = re.compile(r"^/act_([^/]+)/customaudiences$")
 _USERS = re.compile(r"^/(\d+)/users$")
+_REPLACE = re.compile(r"^/(\d+)/usersreplace$")
+_SESSIONS = re.compile(r"^/(\d+)/sessions$")
 _OBJECT = re.compile(r"^/(\d+)$")
 
 
@@ -65,6 +69,33 @@ def _missing(obj_id: str) -> GraphError:
                       "operation.", subcode=33, type="GraphMethodException")
 
 
+def _int_param(value, name: str, low: int, high: int = 2**63 - 1) -> int:
+    """Graph accepts integers as JSON numbers or numeric strings."""
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _bad(f"Param {name} must be an integer between {low} and {high}")
+    return value
+
+
+def _replace_session(session: dict) -> tuple[int, int, bool, int | None]:
+    """usersreplace requires `session`; -> (session_id, batch_seq, last_batch_flag, estimate)."""
+    if not session:
+        raise _bad("The parameter session is required")
+    for key in ("session_id", "batch_seq"):
+        if session.get(key) is None:
+            raise _bad(f"The parameter session.{key} is required")
+    last = session.get("last_batch_flag", False)
+    if isinstance(last, str) and last.lower() in ("true", "false"):
+        last = last.lower() == "true"
+    if not isinstance(last, bool):
+        raise _bad("Param session.last_batch_flag must be a boolean")
+    estimated = session.get("estimated_num_total")
+    return (_int_param(session["session_id"], "session.session_id", -2**63),
+            _int_param(session["batch_seq"], "session.batch_seq", 1), last,
+            None if estimated is None else _int_param(estimated, "session.estimated_num_total", 0))
+
+
 def _jsonish(value, name: str):
     """Graph params arrive as JSON strings (form/query) or as native JSON values."""
     if isinstance(value, str):
@@ -78,7 +109,8 @@ def _jsonish(value, name: str):
 
 
 class FakeMeta(FakeServer):
-    def __init__(self, access_token="test-token", ad_account_id="1234", api_version="v25.0"):
+    def __init__(self, access_token="test-token", ad_account_id="1234", api_version="v25.0",
+                 replace_window_s: float = REPLACE_WINDOW_S):
         super().__init__()
         self.access_token = access_token
         self.ad_account_id = str(ad_account_id).removeprefix("act_")
@@ -88,6 +120,9 @@ class FakeMeta(FakeServer):
         self._invalid_values: set[str] = set()
         self._max_samples = MAX_SAMPLES
         self._ids = itertools.count(23850000000000001)
+        # Upload sessions per audience, oldest first: kind "users" or "replace" (see _new_session).
+        self._sessions: dict[str, list[dict]] = {}
+        self.replace_window_s = replace_window_s  # checked against time.monotonic()
 
     # -- inspection -------------------------------------------------------
     @property
@@ -100,7 +135,10 @@ class FakeMeta(FakeServer):
             return {aid: self._view(aid) for aid in self._audiences}
 
     def members(self, audience_id: str) -> set[frozenset]:
-        """Set of frozenset({(FIELD, value), ...}) rows; only non-empty values are kept."""
+        """Set of frozenset({(FIELD, value), ...}) rows; only non-empty values are kept.
+
+        During a usersreplace session: only the rows uploaded so far in that session.
+        """
         with self._lock:
             return set(self._members[str(audience_id)])
 
@@ -123,12 +161,37 @@ class FakeMeta(FakeServer):
                                     "description": description,
                                     "customer_file_source": customer_file_source}
             self._members[aid] = set()
+            self._sessions[aid] = []
             return aid
+
+    def replace_sessions(self, audience_id: str) -> list[dict]:
+        """usersreplace sessions of an audience, oldest first: session_id (int), status
+        ("open", "finished" or "expired"), batches (batch_seq values, arrival order),
+        rows_received, rows_invalid."""
+        with self._lock:
+            self._expire_due()
+            return [{"session_id": s["session_id"], "status": s["status"],
+                     "batches": list(s["responses"]), "rows_received": s["num_received"],
+                     "rows_invalid": s["num_invalid"]}
+                    for s in self._sessions[str(audience_id)] if s["kind"] == "replace"]
+
+    def expire_sessions(self, audience_id: str | None = None) -> list[int]:
+        """Simulate the 90-minute window passing: end every open replace session (of one
+        audience, or all). The audience keeps only what the session uploaded. Returns their ids."""
+        with self._lock:
+            aids = [str(audience_id)] if audience_id is not None else list(self._sessions)
+            ended = []
+            for aid in aids:
+                if open_ := self._open_replace(aid):
+                    self._end(open_, "expired")
+                    ended.append(open_["session_id"])
+            return ended
 
     # -- injections -------------------------------------------------------
     # Faults (throttle, server error) share one FIFO queue. Each use is consumed by the
-    # next authenticated request in scope: endpoint="users" (POST/DELETE /{id}/users,
-    # the default) or "all". Delays have their own queue and hit before auth.
+    # next authenticated request in scope: endpoint="users" (POST/DELETE /{id}/users and
+    # POST /{id}/usersreplace, the default), "usersreplace" (replace calls only) or "all".
+    # Delays have their own queue and hit before auth.
     def inject_throttle(self, times=1, code=80003, endpoint="users", message=None) -> None:
         """`message` replaces Meta's text (e.g. one echoing a request parameter)."""
         if code not in THROTTLES:
@@ -157,7 +220,22 @@ class FakeMeta(FakeServer):
 
     # -- HTTP -------------------------------------------------------------
     def _scope(self, req: Request) -> str:
-        return "users" if _USERS.match(_VERSION.sub("", req.path)) else "other"
+        route = _VERSION.sub("", req.path)
+        if _REPLACE.match(route):
+            return "usersreplace"  # _pop lets "users" injections hit it too
+        return "users" if _USERS.match(route) else "other"
+
+    def _pop(self, kind: str, scope: str) -> dict | None:
+        if scope != "usersreplace":
+            return super()._pop(kind, scope)
+        with self._lock:  # as FakeServer._pop, but a replace call is also in scope "users"
+            for inj in self._injections:
+                if inj["kind"] == kind and inj["scope"] in ("all", "users", "usersreplace"):
+                    inj["left"] -= 1
+                    if inj["left"] == 0:
+                        self._injections.remove(inj)
+                    return inj
+        return None
 
     def _log_entry(self, req: Request, resp: Response):
         return MetaRequest(req.method, req.path, req.notes.get("n_rows"), resp.status)
@@ -211,6 +289,10 @@ class FakeMeta(FakeServer):
                 return self._create(params)
         elif (m := _USERS.match(route)) and req.method in ("POST", "DELETE"):
             return self._users(req, params, m.group(1), remove=req.method == "DELETE")
+        elif (m := _REPLACE.match(route)) and req.method == "POST":
+            return self._usersreplace(req, params, m.group(1))
+        elif (m := _SESSIONS.match(route)) and req.method == "GET":
+            return self._list_sessions(params, m.group(1))
         elif (m := _OBJECT.match(route)) and req.method == "GET":
             with self._lock:
                 if m.group(1) not in self._audiences:
@@ -264,6 +346,33 @@ class FakeMeta(FakeServer):
                                            description=params.get("description", ""))}
 
     def _users(self, req: Request, params: dict, aid: str, remove: bool) -> dict:
+        session, n_rows, valid, n_invalid, samples = self._read_rows(req, params, aid)
+        with self._lock:
+            self._expire_due()
+            if open_ := self._open_replace(aid):
+                raise GraphError(2650, "Failed to update the custom audience: replace session "
+                                 f"{open_['session_id']} is in progress for this audience")
+            members = self._members[aid]
+            if not remove:
+                members.update(valid)
+            else:
+                holders: dict[tuple, list[frozenset]] = {}
+                for held in members:
+                    for pair in held:
+                        if pair[0] in MATCH_KEYS:
+                            holders.setdefault(pair, []).append(held)
+                for row in valid:
+                    keys = [pair for pair in row if pair[0] in MATCH_KEYS]
+                    for held in [h for pair in keys for h in holders.get(pair, ())] if keys else [row]:
+                        members.discard(held)
+            sid = str(session.get("session_id") or secrets.randbelow(2**62))
+            self._record_users_session(aid, sid, session, n_rows, len(valid), n_invalid)
+        return {"audience_id": aid, "session_id": sid,
+                "num_received": n_rows, "num_invalid_entries": n_invalid,
+                "invalid_entry_samples": samples}
+
+    def _read_rows(self, req: Request, params: dict, aid: str):
+        """Validate payload (and parse session); -> (session, n_rows, valid, n_invalid, samples)."""
         with self._lock:
             if aid not in self._audiences:
                 raise _missing(aid)
@@ -299,24 +408,104 @@ class FakeMeta(FakeServer):
             n_invalid += 1
             if len(samples) < min(max_samples, MAX_SAMPLES):
                 samples[key] = reason
+        return session, len(rows), valid, n_invalid, samples
+
+    # -- replace sessions and the session log ------------------------------
+    def _usersreplace(self, req: Request, params: dict, aid: str) -> dict:
+        session, n_rows, valid, n_invalid, samples = self._read_rows(req, params, aid)
+        sid, seq, last, estimated = _replace_session(session)
         with self._lock:
-            members = self._members[aid]
-            if not remove:
-                members.update(valid)
-            else:
-                holders: dict[tuple, list[frozenset]] = {}
-                for held in members:
-                    for pair in held:
-                        if pair[0] in MATCH_KEYS:
-                            holders.setdefault(pair, []).append(held)
-                for row in valid:
-                    keys = [pair for pair in row if pair[0] in MATCH_KEYS]
-                    for held in [h for pair in keys for h in holders.get(pair, ())] if keys else [row]:
-                        members.discard(held)
-        return {"audience_id": aid,
-                "session_id": str(session.get("session_id") or secrets.randbelow(2**62)),
-                "num_received": len(rows), "num_invalid_entries": n_invalid,
-                "invalid_entry_samples": samples}
+            self._expire_due()
+            open_ = self._open_replace(aid)
+            if open_ and open_["session_id"] != sid:
+                raise _bad(f"Another replace session is in progress for this audience (session "
+                           f"{open_['session_id']}); wait for it to finish before starting one")
+            rec = open_ or next((s for s in self._sessions[aid]
+                                 if s["kind"] == "replace" and s["session_id"] == sid), None)
+            if rec is not None and rec["status"] != "open":
+                raise _bad(f"Replace session {sid} has ended ({rec['status']}); start a new "
+                           "session with a new session_id")
+            if rec is not None and seq in rec["responses"]:
+                return rec["responses"][seq]  # a retried batch: answered again, not re-applied
+            if rec is not None and seq < max(rec["responses"]):
+                raise _bad(f"session.batch_seq must increase: got {seq} after "
+                           f"{max(rec['responses'])} in replace session {sid}")
+            if rec is None:  # first batch: the old membership is gone from here on
+                rec = self._new_session(aid, "replace", sid)
+                self._members[aid] = set()
+            self._members[aid].update(valid)
+            rec["num_received"] += n_rows
+            rec["num_matched"] += len(valid)
+            rec["num_invalid"] += n_invalid
+            rec["estimated_num_total"] = estimated or rec["estimated_num_total"]
+            rec["responses"][seq] = resp = {
+                "account_id": self.ad_account_id, "session_id": str(sid), "num_received": n_rows,
+                "num_invalid_entries": n_invalid, "invalid_entry_samples": samples}
+            if last:
+                self._end(rec, "finished")
+            return resp
+
+    def _new_session(self, aid: str, kind: str, sid) -> dict:
+        rec = {"kind": kind, "session_id": sid, "status": "open", "responses": {},
+               "num_received": 0, "num_matched": 0, "num_invalid": 0,
+               "estimated_num_total": None, "started": time.monotonic(),
+               "start_time": int(time.time()), "end_time": None}
+        self._sessions[aid].append(rec)
+        return rec
+
+    @staticmethod
+    def _end(rec: dict, status: str) -> None:
+        rec["status"], rec["end_time"] = status, int(time.time())
+
+    def _open_replace(self, aid: str) -> dict | None:
+        return next((s for s in self._sessions[aid]
+                     if s["kind"] == "replace" and s["status"] == "open"), None)
+
+    def _expire_due(self) -> None:
+        """Lazily end replace sessions whose window has passed (caller holds the lock)."""
+        now = time.monotonic()
+        for recs in self._sessions.values():
+            for s in recs:
+                if (s["kind"] == "replace" and s["status"] == "open"
+                        and now - s["started"] >= self.replace_window_s):
+                    self._end(s, "expired")
+
+    def _record_users_session(self, aid, sid: str, session: dict, n_rows, n_valid, n_invalid):
+        """Log a /users call under its session; one without `session` is a one-batch session."""
+        rec = next((s for s in self._sessions[aid]
+                    if s["kind"] == "users" and s["session_id"] == sid), None)
+        if rec is None:
+            rec = self._new_session(aid, "users", sid)
+        rec["num_received"] += n_rows
+        rec["num_matched"] += n_valid
+        rec["num_invalid"] += n_invalid
+        if rec["status"] == "open" and (not session or session.get("last_batch_flag") in (
+                True, "true", "True", 1)):
+            self._end(rec, "finished")
+
+    def _list_sessions(self, params: dict, aid: str) -> dict:
+        """GET /{id}/sessions: newest first; numbers as numeric strings, as Graph types them."""
+        with self._lock:
+            if aid not in self._audiences:
+                raise _missing(aid)
+            self._expire_due()
+            want = params.get("session_id")
+            data = []
+            for s in reversed(self._sessions[aid]):
+                if want is not None and str(s["session_id"]) != str(want):
+                    continue
+                ended = s["status"] != "open"
+                est = s["estimated_num_total"]
+                progress = 100 if ended else min(99, s["num_received"] * 100 // est) if est else 0
+                data.append({"session_id": str(s["session_id"]),
+                             "num_received": str(s["num_received"]),
+                             "num_matched": str(s["num_matched"]),
+                             "num_invalid_entries": str(s["num_invalid"]),
+                             "stage": "finished" if ended else "uploading",
+                             "progress": str(progress),
+                             "start_time": str(s["start_time"]),
+                             "end_time": str(s["end_time"] or 0)})
+        return {"data": data}
 
     @staticmethod
     def _shape(schema, data: list) -> tuple[list[str], list[list]]:

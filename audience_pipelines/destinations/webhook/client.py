@@ -1,4 +1,4 @@
-"""`webhook`: JSON batches POSTed to a URL, signed, with an idempotency key per batch.
+"""The `webhook` client.
 
 Body: {"audience": {"id", "name"}, "batch": {"run_id", "seq", "last"},
 "added": [...], "updated": [...], "removed": [...], "sent_at"}. A receiver may
@@ -14,24 +14,14 @@ import hmac
 import json
 import math
 import time
-from typing import ClassVar
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
 
-from audience_pipelines.destinations.base import BatchContext, BatchResult, Capabilities, Destination, Target
+from audience_pipelines.contract import (
+    KEY, BatchContext, BatchDestination, BatchResult, CredentialsError, DestinationError, sent_columns,
+)
 from audience_pipelines.destinations.http import HttpClient
-from audience_pipelines.engine.diff import KEY, KEY_HASH, ROW_HASH
-from audience_pipelines.engine.errors import DestinationError
-from audience_pipelines.identifiers import KINDS
-
-
-class WebhookSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    url: str
-    secret: str | None = None
-    timeout_s: float = 30.0
-    batch_size: int = Field(default=1000, ge=1, le=1000)
+from audience_pipelines.destinations.webhook import Webhook, WebhookSettings
 
 
 def _json_value(v):
@@ -43,30 +33,23 @@ def _json_value(v):
 
 
 def _records(rows: pa.Table) -> list[dict]:
-    cols = [c for c in rows.column_names if c not in (KEY_HASH, ROW_HASH)]
     out = []
-    for r in rows.select(cols).to_pylist():
+    for r in rows.select([KEY, *sent_columns(rows)]).to_pylist():
         rec = {"id": r.pop(KEY)}
         rec.update({k: _json_value(v) for k, v in r.items()})
         out.append(rec)
     return out
 
 
-class WebhookDestination(Destination):
-    type_name = "webhook"
-    capabilities: ClassVar[Capabilities] = Capabilities(identifier_kinds=frozenset(KINDS), max_batch_rows=1000)
-    settings_model = WebhookSettings
-    secret_settings: ClassVar[tuple[str, ...]] = ("secret", "url")
+class WebhookDestination(BatchDestination[WebhookSettings]):
+    destination_type = Webhook
 
     def __init__(self, settings: WebhookSettings, sleep=time.sleep):
-        self.settings = settings
-        self.capabilities = Capabilities(identifier_kinds=frozenset(KINDS), max_batch_rows=settings.batch_size)
+        super().__init__(settings)
+        self.url = settings.url.value()
+        self.secret = settings.secret.value() if settings.secret else None
         # No base URL: httpx would append "/" to it, and receivers match the path exactly.
         self.http = HttpClient("", timeout_s=settings.timeout_s, name="webhook", sleep=sleep)
-
-    def resolve_target(self, target: Target) -> str:
-        # A webhook has no audiences to list; the receiver keys on the id we send.
-        return target.id or target.name
 
     def _send(self, audience_id: str, ctx: BatchContext, **groups: list[dict]) -> BatchResult:
         body = {
@@ -79,13 +62,13 @@ class WebhookDestination(Destination):
         key = hashlib.sha256(ctx.request_id.encode()).hexdigest()
         raw = json.dumps(body, separators=(",", ":"), default=str).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": key, "X-Timestamp": str(int(time.time()))}
-        if self.settings.secret:
-            sig = hmac.new(self.settings.secret.encode(), raw, hashlib.sha256).hexdigest()
+        if self.secret:
+            sig = hmac.new(self.secret.encode(), raw, hashlib.sha256).hexdigest()
             headers["X-Signature"] = f"sha256={sig}"
-        response = self.http.request("POST", self.settings.url, content=raw, headers=headers)
+        response = self.http.request("POST", self.url, content=raw, headers=headers)
         if response.status_code in (401, 403):
-            raise DestinationError(f"webhook refused the request (HTTP {response.status_code}): check its secret",
-                                   status=response.status_code, fatal=True)
+            raise CredentialsError(f"webhook refused the request (HTTP {response.status_code}): check the setting "
+                                   "'secret'", status=response.status_code)
         if response.status_code >= 400:
             raise DestinationError(f"webhook answered HTTP {response.status_code}: {response.text[:200]}",
                                    status=response.status_code)

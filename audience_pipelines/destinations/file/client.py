@@ -1,4 +1,4 @@
-"""`file`: each run's adds, removes and updates as CSV or Parquet files under a folder.
+"""The `file` client.
 
 Layout: `<path>/<audience>/<run_id>/<operation>-<batch seq>.<format>`. Files
 appear whole (temp file + rename); a rerun of the same run overwrites them.
@@ -9,47 +9,32 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import ClassVar, Literal
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
 
-from audience_pipelines.destinations.base import BatchContext, BatchResult, Capabilities, Destination, Target
-from audience_pipelines.engine.diff import KEY_HASH, ROW_HASH
-from audience_pipelines.identifiers import KINDS
+from audience_pipelines.contract import BatchContext, BatchDestination, BatchResult, without_engine_columns
+from audience_pipelines.destinations.file import File, FileSettings
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-class FileSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    path: str
-    format: Literal["csv", "parquet"] = "csv"
-
-
-class FileDestination(Destination):
-    type_name = "file"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        identifier_kinds=frozenset(KINDS), max_batch_rows=100_000, can_list_audiences=True,
-    )
-    settings_model = FileSettings
-    secret_settings: ClassVar[tuple[str, ...]] = ()
+class FileDestination(BatchDestination[FileSettings]):
+    destination_type = File
 
     def __init__(self, settings: FileSettings):
-        self.settings = settings
+        super().__init__(settings)
         self.root = Path(settings.path)
 
-    def resolve_target(self, target: Target) -> str:
-        audience = target.id or target.name
-        (self.root / _SAFE.sub("_", audience)).mkdir(parents=True, exist_ok=True)
-        return audience
+    def find_audience(self, name: str) -> str:
+        (self.root / _SAFE.sub("_", name)).mkdir(parents=True, exist_ok=True)
+        return name
 
     def _write(self, audience_id: str, rows: pa.Table, ctx: BatchContext, operation: str) -> BatchResult:
         folder = self.root / _SAFE.sub("_", audience_id) / _SAFE.sub("_", ctx.run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        rows = rows.drop_columns([c for c in (KEY_HASH, ROW_HASH) if c in rows.column_names])
+        rows = without_engine_columns(rows)
         path = folder / f"{operation}-{ctx.seq:06d}.{self.settings.format}"
         tmp = folder / f".{path.name}.tmp"
         if self.settings.format == "csv":

@@ -1,4 +1,4 @@
-"""`sql_table`: an audience's members and mapped fields in a table of any SQLAlchemy database.
+"""The `sql_table` client.
 
 One table can hold many audiences: rows are keyed by (audience, key). Adds and
 updates are upserts (INSERT ... ON CONFLICT on PostgreSQL, DuckDB and SQLite;
@@ -12,29 +12,20 @@ import datetime as dt
 import random
 import time
 from collections.abc import Callable
-from typing import ClassVar
 
 import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
-from pydantic import BaseModel, ConfigDict
 
-from audience_pipelines.destinations.base import BatchContext, BatchResult, Capabilities, Destination, Target
-from audience_pipelines.engine.diff import KEY, KEY_HASH, ROW_HASH
-from audience_pipelines.engine.errors import RowsRefused
-from audience_pipelines.identifiers import KINDS
+from audience_pipelines.contract import (
+    KEY, AudienceStats, BatchContext, BatchDestination, BatchResult, RowsRefused, sent_columns,
+)
+from audience_pipelines.destinations.sql_table import SqlTable, SqlTableSettings
 
 AUDIENCE_COL = "audience"
 LOCK_WAIT_S = 120.0
 SYNCED_AT_COL = "synced_at"
 MAX_BOUND_PARAMETERS = 30_000  # per statement; PostgreSQL allows 65,535, SQLite 32,766
-
-
-class SqlTableSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    url: str
-    table: str
-    db_schema: str | None = None
 
 
 def _sql_type(t: pa.DataType) -> sa.types.TypeEngine:
@@ -80,17 +71,12 @@ def _refused_by_rows(write: Callable[[str, pa.Table], BatchResult], audience_id:
         raise RowsRefused(f"the database refused the row: {detail}") from None
 
 
-class SqlTableDestination(Destination):
-    type_name = "sql_table"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        identifier_kinds=frozenset(KINDS), max_batch_rows=10_000, can_list_audiences=True,
-    )
-    settings_model = SqlTableSettings
-    secret_settings: ClassVar[tuple[str, ...]] = ("url",)
+class SqlTableDestination(BatchDestination[SqlTableSettings]):
+    destination_type = SqlTable
 
     def __init__(self, settings: SqlTableSettings):
-        self.settings = settings
-        url = sa.make_url(settings.url)
+        super().__init__(settings)
+        url = sa.make_url(settings.url.value())
         # An embedded DuckDB file admits one writing process: open it per batch, not per run.
         self.engine = sa.create_engine(url, poolclass=NullPool) if url.get_backend_name() == "duckdb" \
             else sa.create_engine(url)
@@ -98,7 +84,7 @@ class SqlTableDestination(Destination):
         self._keyed: bool | None = None  # has a unique (audience, key), so ON CONFLICT works
 
     def _columns_for(self, rows: pa.Table) -> list[str]:
-        return [c for c in rows.column_names if c not in (KEY_HASH, ROW_HASH)]
+        return [KEY, *sent_columns(rows)]
 
     def _clause(self, columns: list[str]) -> sa.TableClause:
         # A lightweight table clause: no reflection, which some dialects do poorly.
@@ -134,10 +120,6 @@ class SqlTableDestination(Destination):
                     typ = _sql_type(rows.schema.field(c).type).compile(dialect=self.engine.dialect)
                     conn.execute(sa.text(f"ALTER TABLE {qual} ADD COLUMN {prep.quote(c)} {typ}"))
         self._known = set(existing) | set(missing)
-
-    def resolve_target(self, target: Target) -> str:
-        # The table is created with the first batch, when the row schema is known.
-        return target.id or target.name
 
     def _delete(self, conn, audience_id: str, keys: list[str]) -> None:
         t = self._clause([AUDIENCE_COL, KEY])
@@ -208,8 +190,8 @@ class SqlTableDestination(Destination):
             self._delete(conn, audience_id, rows[KEY].to_pylist())
         return BatchResult()
 
-    def audience_size(self, audience_id: str) -> int | None:
-        return with_file_lock_retry(lambda: self._count(audience_id))
+    def audience_stats(self, audience_id: str) -> AudienceStats:
+        return AudienceStats(size=with_file_lock_retry(lambda: self._count(audience_id)))
 
     def _count(self, audience_id: str) -> int:
         if self._existing_columns() is None:
