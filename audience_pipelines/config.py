@@ -52,24 +52,26 @@ class ConfiguredDestination:
 
     def open(self, data_dir: Path, environ: Mapping[str, str] = os.environ) -> Destination:
         """Read the secrets, resolve `{data_dir}`, build the client (importing it now)."""
-        updates = {}
+        updates, missing = {}, {}
         for key in type(self.settings).model_fields:
             value = getattr(self.settings, key)
             if key in self.env_text:
                 value = environ.get(self.env_text[key]) or None
                 if value is None:
-                    raise ConfigError(f"destination '{self.name}' needs its {key}: set the environment variable "
-                                      f"{self.env_text[key]}")
+                    missing[key] = self.env_text[key]
+                    continue
             if isinstance(value, EnvSecret):
                 try:
-                    value = EnvSecret(inline=value.value(environ))
+                    value = EnvSecret(inline=resolve_placeholders(value.value(environ), data_dir))
                 except ConfigError:
-                    raise ConfigError(f"destination '{self.name}' needs its {key}: set the environment variable "
-                                      f"{value.var}") from None
-                value = EnvSecret(inline=resolve_placeholders(value.value(), data_dir))
+                    missing[key] = value.var
+                    continue
             elif isinstance(value, str):
                 value = resolve_placeholders(value, data_dir)
             updates[key] = value
+        if missing:  # every one at once: a person sets them all before the next try
+            raise ConfigError(f"destination '{self.name}' needs its {', '.join(missing)}: set the environment "
+                              f"variable{'s' if len(missing) > 1 else ''} {', '.join(missing.values())}")
         try:
             settings = type(self.settings).model_validate({**self.settings.__dict__, **updates})
         except ValidationError as exc:

@@ -15,6 +15,7 @@ from pydantic import PrivateAttr
 
 from audience_pipelines.config import resolve_placeholders
 from audience_pipelines.engine import ConfigError, SnapshotStore
+from audience_pipelines.engine.audiences import AudienceRegistry
 from audience_pipelines.engine.history import RunHistory, RunRecord
 from audience_pipelines.project import HOME_ENV, state_root
 
@@ -41,6 +42,10 @@ class AudienceStorage(dg.ConfigurableResource):
 
     def snapshot_store(self, sync: str) -> SnapshotStore:
         return SnapshotStore(self.root / "syncs", sync)
+
+    def audience_registry(self) -> AudienceRegistry:
+        """Audiences created or found per destination account, shared by every sync."""
+        return AudienceRegistry(self.root / "destinations")
 
     def history(self) -> RunHistory:
         return open_history(self.root)

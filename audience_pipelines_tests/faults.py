@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from audience_pipelines.contract import Destination, Target
+from audience_pipelines.contract import Destination, EnvSecret, Target
 from audience_pipelines.destinations import destination_type
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncSpec, run_sync
 from audience_pipelines.engine import snapshot as snapshot_module
@@ -130,6 +130,11 @@ def run(case: Case, mode: str, members: pa.Table, store: SnapshotStore, run_id: 
         return run_sync(sync_spec(case, mode), members, dest, store, RunOptions(run_id=run_id))
     finally:
         dest.close()
+
+
+def plain_settings(settings) -> dict:
+    """Settings as a JSON-able dict with secret values in clear, for a child process in a test."""
+    return {k: v.value() if isinstance(v, EnvSecret) else v for k, v in settings if v is not None}
 
 
 # -- engine-level faults ---------------------------------------------------------

@@ -276,5 +276,5 @@ def test_dagster_definitions_validate_prints_the_mistake_first(tmp_path):
     assert str(tmp_path / "audience_pipelines" / "definitions.py") in printed  # the copy was loaded
     failed = "Validation failed for code location audience_pipelines:"
     after = printed[printed.index(failed) + len(failed):].lstrip().splitlines()
-    assert after[0] == ("audience_pipelines.engine.errors.ConfigError: defs/extra/defs.yaml (document 1): "
+    assert after[0] == ("audience_pipelines.contract.errors.ConfigError: defs/extra/defs.yaml (document 1): "
                         "sync 'extra_sync', key 'identifers': unknown key; did you mean 'identifiers'?")

@@ -17,7 +17,7 @@ from audience_pipelines.destinations.meta_custom_audiences.client import MetaCus
 from audience_pipelines.destinations.webhook import WebhookSettings
 from audience_pipelines.destinations.webhook.client import WebhookDestination
 from audience_pipelines_tests.fakes import FakeMeta, FakeWebhook
-from audience_pipelines_tests.faults import ENGINE_FAULTS, MODES, Case, scenario
+from audience_pipelines_tests.faults import plain_settings, ENGINE_FAULTS, MODES, Case, scenario
 
 TOKEN = "EAAB-matrix-token"
 SECRET = "whsec_matrix"
@@ -43,7 +43,7 @@ class MetaCase(Case):
         return MetaCustomAudiencesDestination(self.settings(token), sleep=lambda s: None)
 
     def spec(self):
-        return "meta_custom_audiences", self.settings().model_dump()
+        return "meta_custom_audiences", plain_settings(self.settings())
 
     def state(self):
         aid = self.fake.audience_id_by_name("vip")
@@ -84,7 +84,7 @@ class WebhookCase(Case):
         return WebhookDestination(self.settings(secret), sleep=lambda s: None)
 
     def spec(self):
-        return "webhook", self.settings().model_dump()
+        return "webhook", plain_settings(self.settings())
 
     def state(self):
         return self.fake.members.get("vip", {})

@@ -43,7 +43,7 @@ from sqlalchemy.pool import NullPool
 
 from audience_pipelines.destinations.sql_table import SqlTableSettings
 from audience_pipelines.destinations.sql_table.client import SqlTableDestination
-from audience_pipelines_tests.faults import ENGINE_FAULTS, M1, MODES, Case, promised, scenario
+from audience_pipelines_tests.faults import plain_settings, ENGINE_FAULTS, M1, MODES, Case, promised, scenario
 
 pytestmark = pytest.mark.postgres
 
@@ -196,7 +196,7 @@ class SqlTableCase(Case):
         return dest
 
     def spec(self):
-        return "sql_table", self.settings().model_dump()
+        return "sql_table", plain_settings(self.settings())
 
     def state(self):
         with self.admin.connect() as conn:

@@ -8,9 +8,11 @@ import pyarrow as pa
 import pytest
 
 from audience_pipelines.contract import Target
+from audience_pipelines.engine.audiences import AudienceRegistry
+from audience_pipelines.engine.sync import REGISTRY_DIR
 from audience_pipelines.destinations.meta_custom_audiences import MetaSettings
 from audience_pipelines.destinations.meta_custom_audiences.client import MetaCustomAudiencesDestination
-from audience_pipelines.engine import DestinationError, RunOptions, SnapshotStore, SyncAborted, SyncSpec, run_sync
+from audience_pipelines.engine import CredentialsError, DestinationError, RunOptions, SnapshotStore, SyncAborted, SyncSpec, run_sync
 from audience_pipelines_tests.fakes import FakeMeta
 
 TOKEN = "EAAB-test-token-s3cr3t"
@@ -110,7 +112,10 @@ def test_find_or_create_and_hashed_rows(meta, store):
     second = run(meta, store, members, "r2", identifiers=COLUMNS)  # a fresh client finds the audience
     assert second.destination_audience_id == aid and meta.audience_id_by_name("vip") == aid
     assert len(meta.audiences) == 1 and second.unchanged == 4 and second.attempted == 0
-    assert [r.method for r in meta.requests if r.path.endswith("/customaudiences")] == ["GET", "POST", "GET"]
+    # The second run finds it in the registry of created audiences and only checks that it still exists.
+    assert [r.method for r in meta.requests if r.path.endswith("/customaudiences")] == ["GET", "POST"]
+    assert [(e.name, e.id, e.created) for e in AudienceRegistry(store.root / REGISTRY_DIR).entries(
+        "meta_custom_audiences")] == [("vip", aid, True)]
     assert meta.members(aid) == EXPECTED
 
 
@@ -322,7 +327,7 @@ def test_received_fewer_rows_than_sent_is_not_committed(meta, store, monkeypatch
 
 
 def test_bad_token_stops_before_anything_is_committed(meta, store):
-    with pytest.raises(DestinationError) as err:  # raised by resolve_target, before any send
+    with pytest.raises(CredentialsError) as err:  # raised opening the audience, before any send
         run(meta, store, table(simple(3)), "r1", dest=destination(meta, token="EAAB-wrong-token-xyz"))
     assert err.value.fatal and "190" in str(err.value)
     assert "EAAB-wrong-token-xyz" not in str(err.value)
@@ -334,10 +339,9 @@ class _RevokedAfterResolve(MetaCustomAudiencesDestination):
 
     fake: FakeMeta
 
-    def resolve_target(self, target):
-        aid = super().resolve_target(target)
+    def open_session(self, ctx):
         self.fake.access_token = "rotated"
-        return aid
+        return super().open_session(ctx)
 
 
 def test_token_revoked_mid_run_aborts_and_keeps_the_snapshot(meta, store):

@@ -91,7 +91,7 @@ def test_a_reader_names_where_it_looked_instead_of_creating_an_empty_folder(tmp_
     out = python("from audience_pipelines.project import find_state_root\nfind_state_root()", checkout, elsewhere)
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("audience_pipelines.engine.errors.ConfigError: ")
+    assert last.startswith("audience_pipelines.contract.errors.ConfigError: ")
     assert str(checkout / ".audience_pipelines") in last and "AUDIENCE_PIPELINES_HOME" in last
     assert not (checkout / ".audience_pipelines").exists() and not (elsewhere / ".audience_pipelines").exists()
 

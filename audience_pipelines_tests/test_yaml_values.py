@@ -6,8 +6,6 @@ the quoted "4242" into an int too. Ids, names, tables and URLs must load as writ
 
 from __future__ import annotations
 
-import json
-
 import dagster as dg
 import pytest
 from dagster_shared.yaml_utils import parse_yamls_with_source_position
@@ -15,8 +13,9 @@ from pydantic import TypeAdapter
 
 from audience_pipelines.components import Destination
 from audience_pipelines.components.yaml_text import written_text
-from audience_pipelines.config import build_destination, text_settings
-from audience_pipelines.destinations import DESTINATION_TYPES
+from audience_pipelines.config import text_settings
+from audience_pipelines.contract import EnvSecret
+from audience_pipelines.destinations import destination_types
 from audience_pipelines_tests.dagster_helpers import project_defs
 from audience_pipelines_tests.test_config_errors import load_error
 
@@ -35,7 +34,17 @@ def destination(name: str, type_name: str, settings: str, from_env: str = "{}") 
 
 
 def loaded_settings(defs: dg.Definitions, name: str) -> dict:
-    return json.loads(defs.resources[f"destination_{name}"].settings_json)
+    """The settings as validated at load: given values, secrets from the environment left out."""
+    settings = defs.resources[f"destination_{name}"].settings
+    out = {}
+    for key in settings.model_fields_set:
+        value = getattr(settings, key)
+        if isinstance(value, EnvSecret):
+            if value.var:
+                continue
+            value = value.value()
+        out[key] = value
+    return out
 
 
 def test_every_destination_type_has_text_settings_known():
@@ -48,7 +57,7 @@ def test_every_destination_type_has_text_settings_known():
 
 
 @pytest.mark.parametrize(("type_name", "setting"), sorted(
-    (t, k) for t in DESTINATION_TYPES for k in text_settings(t)))
+    (t, k) for t in destination_types() for k in text_settings(t)))
 @pytest.mark.parametrize("written", ["0042", "'0042'", '"4242"', "4242", "1.50"])
 def test_every_text_setting_of_every_destination_type_loads_as_written(tmp_path, type_name, setting, written):
     path = tmp_path / "defs.yaml"
@@ -87,7 +96,7 @@ def test_numeric_ids_and_names_load_as_written(home):
         assert loaded_settings(defs, "meta_zeros_quoted") == {"ad_account_id": "0042"}
         zeros = loaded_settings(defs, "meta_zeros_plain")
         assert zeros == {"ad_account_id": "0042", "timeout_s": 15, "batch_size": 500}
-        assert type(zeros["timeout_s"]) is int and type(zeros["batch_size"]) is int  # non-text keeps its type
+        assert type(zeros["timeout_s"]) is float and type(zeros["batch_size"]) is int  # validated to its type
         assert loaded_settings(defs, "meta_block") == {"ad_account_id": "00123", "base_url": "12:30", "timeout_s": 2.5}
         assert loaded_settings(defs, "table_quoted") == {"url": "duckdb:///{data_dir}/t.duckdb", "table": "2024"}
         assert loaded_settings(defs, "table_plain") == {
@@ -100,15 +109,11 @@ def test_numeric_ids_and_names_load_as_written(home):
         assert loaded_settings(defs, "yaml_bool") == {"url": "1.0", "table": "yes", "db_schema": "1.50"}
 
         # The settings a run builds the destination from are the same text ({data_dir} still filled in).
-        resource = defs.resources["destination_meta_zeros_plain"]
-        meta = build_destination(resource.name, resource.type, json.loads(resource.settings_json),
-                                 resource.from_env, data_dir=home, environ={"META_TOKEN_FOR_TEST": "t"})
+        meta = defs.resources["destination_meta_zeros_plain"].open(home, environ={"META_TOKEN_FOR_TEST": "t"})
         assert meta.settings.ad_account_id == "0042"
-        table = defs.resources["destination_table_plain"]
-        built = build_destination(table.name, table.type, json.loads(table.settings_json), table.from_env,
-                                  data_dir=home, environ={})
+        built = defs.resources["destination_table_plain"].open(home, environ={})
         try:
-            assert built.settings.table == "2024" and built.settings.url == f"duckdb:///{home}/t.duckdb"
+            assert built.settings.table == "2024" and built.settings.url.value() == f"duckdb:///{home}/t.duckdb"
         finally:
             built.close()
 

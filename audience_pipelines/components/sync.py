@@ -239,7 +239,8 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             try:
                 return run_sync(spec, members, target, store, RunOptions(
                     run_id=context.run.run_id, full_resync=full, allow_mass_removal=config.allow_mass_removal,
-                    progress=context.log.info, allow_mass_removal_hint=allow_mass_removal_hint(spec.name)))
+                    progress=context.log.info, allow_mass_removal_hint=allow_mass_removal_hint(spec.name),
+                    registry=storage.audience_registry()))
             finally:
                 target.close()
 

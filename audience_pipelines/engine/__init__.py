@@ -1,15 +1,16 @@
 """The sync engine: plain Python and pyarrow, usable without Dagster."""
 
 from audience_pipelines.engine.errors import (
-    AudienceError, AudiencePipelinesError, ConfigError, DestinationError, MassRemovalBlocked, RowsRefused, SyncAborted,
-    SyncAlreadyRunning, SyncInputError,
+    AudienceError, AudiencePipelinesError, ConfigError, CredentialsError, DestinationError, MassRemovalBlocked,
+    RowsRefused, SyncAborted, SyncAlreadyRunning, SyncInputError,
 )
 from audience_pipelines.engine.membership import Membership, build_membership
 from audience_pipelines.engine.snapshot import SnapshotStore
 from audience_pipelines.engine.sync import RunOptions, SyncResult, SyncSpec, run_sync
 
 __all__ = [
-    "AudienceError", "AudiencePipelinesError", "ConfigError", "DestinationError", "MassRemovalBlocked",
+    "AudienceError", "AudiencePipelinesError", "ConfigError", "CredentialsError", "DestinationError",
+    "MassRemovalBlocked",
     "Membership", "RowsRefused", "RunOptions", "SnapshotStore", "SyncAborted", "SyncAlreadyRunning", "SyncInputError",
     "SyncResult", "SyncSpec", "build_membership", "run_sync",
 ]

@@ -125,10 +125,8 @@ def open_audience(destination: Destination, target: Target, registry: AudienceRe
                 destination.check_audience(known.id)
                 return known.id
             except TerminalError:
-                if caps.can_list_audiences:
-                    raise
-                notes.append(f"audience '{target.name}' ({known.id}), created by an earlier run, is gone "
-                             "from the platform; a new one was created")
+                notes.append(f"audience '{target.name}' ({known.id}), registered by an earlier run, is gone "
+                             "from the platform; it was looked up again by name")
         found = destination.find_audience(target.name) if caps.can_list_audiences else None
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         if found is not None:

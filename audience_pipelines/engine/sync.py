@@ -27,6 +27,8 @@ MODES = ("mirror", "additive", "subtractive")
 REMOVALS = ("remove", "do_nothing")
 # What one run sends: everything (no snapshot yet, or a full resend asked for) or only the changes.
 FIRST_RUN, FULL_RESEND, DIFF = "first_run", "full_resend", "diff"
+# Sync names are Dagster asset key parts (letters, digits, underscores): no sync folder starts with a dot.
+REGISTRY_DIR = ".audience_registry"
 RUN_KIND_TEXT = {FIRST_RUN: "first run (full)", FULL_RESEND: "full resend", DIFF: "diff run"}
 
 
@@ -75,7 +77,7 @@ class RunOptions:
     progress_interval_s: float = 5.0
     # How a person allows a mass removal where this run was launched (the orchestrator knows).
     allow_mass_removal_hint: str = "run it again with allow_mass_removal set"
-    # Created audiences, per destination account; default: `destinations/` beside the syncs' folder.
+    # Created audiences, per destination account; default: `.audience_registry/` among the syncs' folders.
     registry: AudienceRegistry | None = None
 
 
@@ -165,7 +167,7 @@ def run_sync(
         payload = build_payload(spec.name, members, destination, spec.identifiers, spec.fields,
                                 spec.default_region, spec.region_column)
         notes: list[str] = []
-        registry = options.registry or AudienceRegistry(store.root.parent / "destinations")
+        registry = options.registry or AudienceRegistry(store.root / REGISTRY_DIR)
         try:
             audience_id = open_audience(destination, spec.target, registry, spec.name, options.run_id, notes)
         except DestinationError as exc:  # nothing was sent: every failure here stops the run
@@ -234,7 +236,7 @@ def run_sync(
         new = _with_record_ids(payload.table, ops, outcome)
         snapshot = _next_snapshot(new, old, ops, outcome.accepted)
         # Rows marked unknown from the journal must be persisted as unknown, even when rejected.
-        changed = first_run or pending is not None or replace or any(
+        changed = first_run or pending is not None or replace or RECORD_ID in new.column_names or any(
             int(a.sum()) for name, a in outcome.accepted.items() if name != "resend")
         store.commit(snapshot if changed else None, Manifest(
             sync=spec.name, snapshot_file=None, run_id=options.run_id,
@@ -481,7 +483,7 @@ def _operations(spec: SyncSpec, plan: DiffPlan, payload: Payload, old: pa.Table,
 
 def _next_snapshot(new: pa.Table, old: pa.Table, ops: list[Operation],
                    accepted: dict[str, np.ndarray]) -> pa.Table:
-    """Old snapshot - accepted removes - accepted updates (old side) + accepted adds and updates.
+    """Old snapshot - accepted removes - accepted updates and resends (old side) + their new side + accepted adds.
 
     After a replace, held rows it did not carry (`dropped`) leave the snapshot too.
     """
@@ -491,7 +493,7 @@ def _next_snapshot(new: pa.Table, old: pa.Table, ops: list[Operation],
         ok = accepted[op.name]
         if op.name == "remove":
             keep_old[op.positions[ok]] = False
-        elif op.name == "update":
+        elif op.name in ("update", "resend"):  # a resend may bring a new record id
             keep_old[op.previous_positions[ok]] = False
             take_new.append(op.positions[ok])
         elif op.name == "add":

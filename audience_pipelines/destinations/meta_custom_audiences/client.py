@@ -132,9 +132,6 @@ class MetaCustomAudiencesDestination(Destination[MetaSettings]):
     def _act(self) -> str:
         return f"{self.account()}/customaudiences"
 
-    def check_access(self) -> None:
-        self._call("GET", self._act(), params={"fields": "id", "limit": "1"})
-
     def check_audience(self, audience_id: str) -> None:
         self._call("GET", audience_id, params={"fields": "id,name"})
 
