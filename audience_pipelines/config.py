@@ -56,7 +56,7 @@ class ConfiguredDestination:
         for key in type(self.settings).model_fields:
             value = getattr(self.settings, key)
             if key in self.env_text:
-                value = environ.get(self.env_text[key]) or None
+                value = environ.get(self.env_text[key]) or (None if value == _FROM_ENV else value)
                 if value is None:
                     missing[key] = self.env_text[key]
                     continue
@@ -111,8 +111,8 @@ def configure_destination(name: str, type_name: str, settings: Mapping, from_env
     for key, var in from_env.items():
         if key in secrets:
             values[key] = EnvSecret(var, inline=settings.get(key))
-        elif key not in settings:  # an inline value, where given, is the default
-            values[key] = _FROM_ENV
+        else:  # an inline value, where given, is the default
+            values.setdefault(key, _FROM_ENV)
             env_text[key] = var
     try:
         validated = model(**values)

@@ -25,7 +25,9 @@ def test_meta_sync_without_token_says_which_variable_to_set(home, monkeypatch):
                              instance=instance, raise_on_error=False)
     assert not result.success
     message = result.get_step_failure_events()[0].step_failure_data.error.message
-    assert "set the environment variable META_ACCESS_TOKEN" in message
+    # Every variable a run needs is named at once, before anything is sent.
+    assert ("needs its ad_account_id, access_token: set the environment variables META_AD_ACCOUNT_ID, "
+            "META_ACCESS_TOKEN") in message
 
 
 def test_meta_and_webhook_examples_reach_the_fakes(home, monkeypatch):
