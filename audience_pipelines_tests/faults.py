@@ -69,6 +69,8 @@ class Case(ABC):
     fields: dict[str, str] = {"plan": "plan"}
     # fault name -> arm(case) returning a destination to use instead of the normal one, or None
     faults: dict[str, Callable[[Case], Destination | None]] = {}
+    # The faulted run is a full resend (a replace session where the destination has them).
+    full_resync: bool = False
 
     @abstractmethod
     def destination(self) -> Destination:
@@ -124,10 +126,10 @@ def sync_spec(case: Case, mode: str) -> SyncSpec:
 
 
 def run(case: Case, mode: str, members: pa.Table, store: SnapshotStore, run_id: str,
-        destination: Destination | None = None):
+        destination: Destination | None = None, full: bool = False):
     dest = destination or case.destination()
     try:
-        return run_sync(sync_spec(case, mode), members, dest, store, RunOptions(run_id=run_id))
+        return run_sync(sync_spec(case, mode), members, dest, store, RunOptions(run_id=run_id, full_resync=full))
     finally:
         dest.close()
 
@@ -145,7 +147,8 @@ def kill_mid_dispatch(case: Case, mode: str, members: pa.Table, store: SnapshotS
     pq.write_table(members, path)
     type_name, settings = case.spec()
     args = {"type": type_name, "settings": settings, "root": str(store.dir.parent), "members": str(path),
-            "identifiers": case.identifiers, "fields": case.fields, "mode": MODES[mode], "kill_after": 2}
+            "identifiers": case.identifiers, "fields": case.fields, "mode": MODES[mode], "kill_after": 2,
+            "full_resync": case.full_resync}
     child = subprocess.run([sys.executable, "-m", "audience_pipelines_tests.faults", json.dumps(args)],
                            capture_output=True, text=True, timeout=120)
     assert child.returncode == -signal.SIGKILL, f"child was not killed: {child.returncode} {child.stderr[-2000:]}"
@@ -169,7 +172,7 @@ class _DiskFull:
 def disk_full_at_commit(case, mode, members, store, tmp, monkeypatch) -> str:
     monkeypatch.setattr(snapshot_module, "pq", _DiskFull())
     try:
-        run(case, mode, members, store, "r2")
+        run(case, mode, members, store, "r2", full=case.full_resync)
     except OSError as exc:
         assert exc.errno == errno.ENOSPC
         return "OSError ENOSPC at commit"
@@ -217,7 +220,7 @@ def scenario(case: Case, fault: str, mode: str, tmp: Path, monkeypatch) -> Outco
     else:
         replacement = case.faults[fault](case)
         try:
-            result = run(case, mode, m2, store, "r2", destination=replacement)
+            result = run(case, mode, m2, store, "r2", destination=replacement, full=case.full_resync)
             outcome.faulted_run = f"ok, {result.failed} failed" if result.failed else "ok"
         except Exception as exc:  # noqa: BLE001 - the matrix records how the run ended
             outcome.faulted_run = f"{type(exc).__name__}"
@@ -272,7 +275,7 @@ def _child(args: dict) -> None:
     spec = SyncSpec(name=SYNC, audience="matrix", destination=args["type"], target=Target(name="vip"),
                     identifiers=args["identifiers"], fields=args["fields"], batch_size=BATCH, **args["mode"])
     run_sync(spec, pq.read_table(args["members"]), dest, SnapshotStore(args["root"], SYNC),
-             RunOptions(run_id="r2-killed"))
+             RunOptions(run_id="r2-killed", full_resync=args["full_resync"]))
     sys.exit(3)  # not killed: fewer batches than expected
 
 

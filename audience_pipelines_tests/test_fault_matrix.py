@@ -1,10 +1,13 @@
-"""Every fault x every mode, per destination, each ending with the destination's exact state (see faults.py).
+"""The contract suite: every fault x every mode, per destination, each ending with the destination's exact
+state (see faults.py). Every destination and its fake is a `Case`; a new destination adds its case here.
 
-The table of what was tried and held is printed at the end of the pytest run.
+The table of what was tried and held is printed at the end of the pytest run. `test_contract.py` holds
+the rest of the suite (names created once under racing runs, credentials checked before sending).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import pyarrow.csv as pacsv
@@ -16,7 +19,13 @@ from audience_pipelines.destinations.meta_custom_audiences import MetaSettings
 from audience_pipelines.destinations.meta_custom_audiences.client import MetaCustomAudiencesDestination
 from audience_pipelines.destinations.webhook import WebhookSettings
 from audience_pipelines.destinations.webhook.client import WebhookDestination
+from audience_pipelines.destinations.google_ads import GoogleAdsSettings
+from audience_pipelines.destinations.google_ads.client import GoogleAdsDestination
+from audience_pipelines.destinations.hubspot import HubSpotSettings
+from audience_pipelines.destinations.hubspot.client import HubSpotDestination
 from audience_pipelines_tests.fakes import FakeMeta, FakeWebhook
+from audience_pipelines_tests.fakes.google_ads import FakeGoogleAds
+from audience_pipelines_tests.fakes.hubspot import FakeHubSpot
 from audience_pipelines_tests.faults import plain_settings, ENGINE_FAULTS, MODES, Case, scenario
 
 TOKEN = "EAAB-matrix-token"
@@ -68,6 +77,103 @@ class MetaCase(Case):
         "answer lost after apply": lambda c: c.fake.inject_lost_answer(times=2, scope="users"),
         "per-row rejection": lambda c: c._reject_rows(),
         "bad credentials": lambda c: c.destination(token="EAAB-revoked"),
+    }
+
+
+class MetaReplaceCase(MetaCase):
+    """Meta with the faulted run a full resend: a `usersreplace` session in mirror mode."""
+
+    name = "meta_custom_audiences (replace)"
+    full_resync = True
+
+    def spec(self):
+        return "meta_custom_audiences", plain_settings(self.settings())
+
+
+class GoogleAdsCase(Case):
+    name = "google_ads"
+    identifiers = {"email": "email"}
+    fields = {}  # Customer Match takes identifiers only
+
+    def __init__(self, fake: FakeGoogleAds):
+        self.fake = fake
+
+    def settings(self, **wrong) -> GoogleAdsSettings:
+        return GoogleAdsSettings(**{
+            "customer_id": self.fake.customer_id, "developer_token": self.fake.developer_token,
+            "client_id": self.fake.client_id, "client_secret": self.fake.client_secret,
+            "refresh_token": self.fake.refresh_token, "base_url": self.fake.origin, "token_url": self.fake.token_url,
+            "timeout_s": TIMEOUT_S, "poll_interval_s": 0.01, "poll_timeout_s": 5, **wrong})
+
+    def destination(self, **wrong):
+        return GoogleAdsDestination(self.settings(**wrong), sleep=lambda s: None)
+
+    def spec(self):
+        return "google_ads", plain_settings(self.settings())
+
+    def state(self):
+        lid = self.fake.user_list_id_by_name("vip")
+        return self.fake.members(lid) if lid else set()
+
+    def expected(self, members):
+        return {frozenset({("hashedEmail", h(e))}) for e, _ in members.values()}
+
+    def disarm(self):
+        self.fake.clear_injections()
+        self.fake.clear_rejected_values()
+
+    faults = {
+        "throttle": lambda c: c.fake.inject_resource_exhausted(times=8, retry_delay="0s"),
+        "5xx": lambda c: c.fake.inject_server_error(times=2, status=503),
+        "connection reset": lambda c: c.fake.inject_reset(times=2, scope="operations"),
+        "timeout": lambda c: c.fake.inject_delay(TIMEOUT_S * 3, times=1),
+        "answer lost after apply": lambda c: c.fake.inject_lost_answer(times=2, scope="operations"),
+        # k3's new email, the joiner k20 and the leaver k1 (user1@example.com)
+        "per-row rejection": lambda c: c.fake.reject_values(
+            [h("moved3@example.com"), h("user20@example.com"), h("user1@example.com")]),
+        "bad credentials": lambda c: c.destination(refresh_token="1//revoked"),
+    }
+
+
+class HubSpotCase(Case):
+    name = "hubspot"
+
+    def __init__(self, fake: FakeHubSpot):
+        self.fake = fake
+
+    def settings(self, token=TOKEN) -> HubSpotSettings:
+        return HubSpotSettings(access_token=token, base_url=self.fake.url, timeout_s=TIMEOUT_S)
+
+    def destination(self, token=TOKEN):
+        return HubSpotDestination(self.settings(token), sleep=lambda s: None)
+
+    def spec(self):
+        return "hubspot", plain_settings(self.settings())
+
+    def state(self):
+        lid = self.fake.list_id_by_name("vip")
+        if not lid:
+            return {}
+        return {cid: (self.fake.contacts[cid]["email"], self.fake.contacts[cid].get("plan"))
+                for cid in self.fake.members(lid)}
+
+    def expected(self, members):
+        by_email = {self.fake.contacts[c]["email"]: c for c in self.fake.contacts}
+        return {by_email.get(e, f"no contact for {e}"): (e, p) for e, p in members.values()}
+
+    def disarm(self):
+        self.fake.clear_injections()
+        self.fake.clear_rejected_emails()
+
+    faults = {
+        "throttle": lambda c: c.fake.inject_rate_limit(times=8),  # past the 6 attempts
+        "5xx": lambda c: c.fake.inject_server_error(times=2, status=502),
+        "connection reset": lambda c: c.fake.inject_reset(times=2, scope="memberships"),
+        "timeout": lambda c: c.fake.inject_delay(TIMEOUT_S * 3, times=1, scope="upsert"),
+        "answer lost after apply": lambda c: c.fake.inject_lost_answer(times=2, scope="memberships"),
+        # k3's new email and the joiner k20; a removal has no per-row refusal in HubSpot
+        "per-row rejection": lambda c: c.fake.reject_emails(["moved3@example.com", "user20@example.com"]),
+        "bad credentials": lambda c: c.destination(token="pat-na1-revoked"),
     }
 
 
@@ -139,22 +245,37 @@ class FileCase(Case):
 FAULTS = [*MetaCase.faults, *ENGINE_FAULTS]
 
 
-@pytest.fixture
-def case(request, tmp_path):
+HTTP_CASES = ["meta_custom_audiences", "meta_custom_audiences (replace)", "google_ads", "hubspot", "webhook"]
+
+
+@contextlib.contextmanager
+def make_case(name: str, tmp_path):
     """A fresh fake per scenario: its audiences, members and idempotency keys start empty."""
-    if request.param == "file":
+    if name == "file":
         yield FileCase(tmp_path / "exports")
-    elif request.param == "meta_custom_audiences":
+    elif name.startswith("meta_custom_audiences"):
         with FakeMeta(access_token=TOKEN, ad_account_id="1234") as server:
-            yield MetaCase(server)
+            yield MetaReplaceCase(server) if "replace" in name else MetaCase(server)
+    elif name == "google_ads":
+        with FakeGoogleAds(running_polls=1) as server:
+            yield GoogleAdsCase(server)
+    elif name == "hubspot":
+        with FakeHubSpot(access_token=TOKEN) as server:
+            yield HubSpotCase(server)
     else:
         with FakeWebhook(secret=SECRET, path="/hook") as server:
             yield WebhookCase(server)
 
 
+@pytest.fixture
+def case(request, tmp_path):
+    with make_case(request.param, tmp_path) as c:
+        yield c
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("fault", FAULTS)
-@pytest.mark.parametrize("case", ["meta_custom_audiences", "webhook"], indirect=True)
+@pytest.mark.parametrize("case", HTTP_CASES, indirect=True)
 def test_fault_matrix(case, fault, mode, tmp_path, monkeypatch):
     scenario(case, fault, mode, tmp_path, monkeypatch)
 

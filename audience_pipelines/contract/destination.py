@@ -130,13 +130,15 @@ APPLIED = Finish("applied")
 class Recovery:
     """What became of a session an earlier run left open (see `Destination.recover`).
 
-    `replace_again`: the audience may be half-replaced; this run must replace it in full.
+    `replace_again`: the audience may be half-replaced; this run must replace it in full, carrying on
+    the session in `resume` (its state) where one is still open, else in a new one.
     `settled`: the session is over (finished or abandoned); its journal entry can go.
     """
 
     note: str
     settled: bool = True
     replace_again: bool = False
+    resume: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,9 @@ class SessionContext:
     replace: bool  # a replace session: the audience becomes exactly what is sent
     total_rows: int
     save_state: Callable[[dict], None]  # journal session state (a job name, a session id) durably
+    # The journalled state of a session an earlier run left open, when this run must carry it on
+    # (`Recovery.replace_again`): a platform that allows one replace session at a time resumes it.
+    resume: dict | None = None
 
 
 class Session(ABC):

@@ -188,7 +188,7 @@ def run_sync(
                 old = store.read()
             if manifest.config_fingerprint != spec.fingerprint():
                 notes.append("sync configuration changed since the last run")
-        replace_again = _recover_session(destination, store, audience_id, audience_changed, notes)
+        replace_again, resume = _recover_session(destination, store, audience_id, audience_changed, notes)
         first_run = old is None
         schema = payload.table.schema
         old = _conform(old, schema) if old is not None else schema.empty_table()
@@ -219,7 +219,8 @@ def run_sync(
         # Journal what is about to be sent: if this run dies, the next one resends it.
         journal = _journal(ops, pending)
         store.write_pending(journal)
-        outcome = _dispatch(spec, destination, store, audience_id, ops, options, replace)
+        outcome = _dispatch(spec, destination, store, audience_id, ops, options, replace,
+                            resume if replace else None)
         _count(result, ops, outcome)
         if replace:  # rows a replace did not carry are gone from the audience, whatever they were
             _drop_unreplaced(ops, outcome)
@@ -273,34 +274,35 @@ def run_sync(
 
 
 def _recover_session(destination: Destination, store: SnapshotStore, audience_id: str, audience_changed: bool,
-                     notes: list[str]) -> bool:
-    """Settle a session an earlier run left open; True when this run must replace the audience in full."""
+                     notes: list[str]) -> tuple[bool, dict | None]:
+    """Settle a session an earlier run left open: whether this run must replace the audience in full, and
+    the state of the session it carries on."""
     leftover = store.read_session()
     if leftover is None:
-        return False
+        return False, None
     if leftover.get("audience_id") != audience_id or audience_changed:
         notes.append(f"a session left open on audience {leftover.get('audience_id')} by run "
                      f"{leftover.get('run_id')} was dropped: the sync now writes audience {audience_id}")
         store.write_session(None)
-        return False
+        return False, None
     recovery = destination.recover(audience_id, leftover.get("state") or {})
     notes.append(f"run {leftover.get('run_id')} left a session open: {recovery.note}")
     if recovery.replace_again:
-        return True  # the journal entry stays until this run's own replace settles it
+        return True, recovery.resume  # the journal entry stays until this run's own replace settles it
     if recovery.settled:
         store.write_session(None)
-    return False
+    return False, None
 
 
 def _dispatch(spec: SyncSpec, destination: Destination, store: SnapshotStore, audience_id: str,
-              ops: list[Operation], options: RunOptions, replace: bool) -> Outcome:
+              ops: list[Operation], options: RunOptions, replace: bool, resume: dict | None) -> Outcome:
     def save_state(state: dict) -> None:
         store.write_session({"run_id": options.run_id, "audience_id": audience_id, "replace": replace,
                              "state": state})
 
     total = sum(len(op.positions) for op in ops if not op.implicit)
     session = destination.open_session(SessionContext(spec.name, options.run_id, audience_id, replace, total,
-                                                      save_state))
+                                                      save_state, resume))
     dispatcher = Dispatcher(session, destination.capabilities.max_batch_rows, spec.name, options, spec.batch_size)
     return dispatcher.run(ops)
 

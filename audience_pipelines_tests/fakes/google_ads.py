@@ -189,6 +189,7 @@ class FakeGoogleAds(FakeServer):
         self._list_ids = itertools.count(9_100_000_001)
         self._job_ids = itertools.count(18_000_000_001)
         self._op_ids = itertools.count(1)
+        self._rejected_values: set[str] = set()
 
     # -- inspection -------------------------------------------------------
     @property
@@ -312,6 +313,15 @@ class FakeGoogleAds(FakeServer):
 
     def inject_delay(self, seconds: float, times=1, scope="operations") -> None:
         self._push("delay", times, scope, seconds=seconds)
+
+    def reject_values(self, values) -> None:
+        """Persistent: an operation carrying one of these identifier values fails (fieldError INVALID_VALUE)."""
+        with self._lock:
+            self._rejected_values.update(values)
+
+    def clear_rejected_values(self) -> None:
+        with self._lock:
+            self._rejected_values.clear()
 
     def fail_next_job(self, reason="UNKNOWN", times=1) -> None:
         """The next `times` jobs to be run end FAILED with this failure_reason, nothing applied."""
@@ -755,6 +765,8 @@ class FakeGoogleAds(FakeServer):
                                    None, id_at))
                 continue
             err, stored = self._check_identifier(field, value, id_at, ident_where)
+            if err is None and value in self._rejected_values:
+                err = _err("fieldError", "INVALID_VALUE", "The field's value is invalid.", id_at)
             if err:
                 errors.append(err)
             else:

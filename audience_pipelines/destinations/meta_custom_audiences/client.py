@@ -157,11 +157,28 @@ class MetaCustomAudiencesDestination(Destination[MetaSettings]):
         return _ReplaceSession(self, ctx) if ctx.replace else _DiffSession(self, ctx.audience_id)
 
     def recover(self, audience_id: str, state: dict) -> Recovery:
-        if state.get("kind") == "replace":
-            return Recovery(f"replace session {state.get('session_id')} on audience {audience_id} did not close, "
-                            "so the audience may hold only part of the membership; this run replaces it in full",
+        if state.get("kind") != "replace":
+            return Recovery("nothing to settle")
+        sid = state.get("session_id")
+        stage = self.session_stage(audience_id, sid)
+        if stage == "finished" and state.get("closing"):
+            return Recovery(f"replace session {sid} was closed; the rows it carried are checked again")
+        if stage == "finished":  # Meta ended it (its window passed) before the run closed it
+            return Recovery(f"replace session {sid} ended before it was closed, so the audience may hold only "
+                            "part of the membership; this run replaces it in full in a new session",
                             settled=False, replace_again=True)
-        return Recovery("nothing to settle")
+        return Recovery(f"replace session {sid} on audience {audience_id} is still open, so the audience may "
+                        "hold only part of the membership; this run carries it on with the full membership "
+                        "and closes it", settled=False, replace_again=True, resume=state)
+
+    def session_stage(self, audience_id: str, session_id) -> str | None:
+        """A session's stage as Meta reports it ("finished" once closed or ended), None if not listed."""
+        try:
+            body = self._call("GET", f"{audience_id}/sessions", params={"session_id": str(session_id)})
+        except DestinationError:
+            return None
+        stages = [s.get("stage") for s in body.get("data", []) if str(s.get("session_id")) == str(session_id)]
+        return stages[0] if stages else None
 
     def _users(self, path: str, method: str, rows: pa.Table, session: dict) -> BatchResult:
         if rows.num_rows == 0:
@@ -232,55 +249,70 @@ class _DiffSession(Session):
 
 
 class _ReplaceSession(Session):
-    """One `usersreplace` session: the audience becomes exactly the rows sent when it closes."""
+    """One `usersreplace` session: the audience becomes exactly the rows sent when it closes.
+
+    Meta allows one replace session per audience at a time, so a session an earlier run left open
+    (journalled) is carried on while its window lasts: same id, later batch numbers, the whole
+    membership sent again. Its state is journalled at every batch.
+    """
 
     def __init__(self, client: MetaCustomAudiencesDestination, ctx: SessionContext):
         self.client, self.ctx = client, ctx
         self.session_id = _session_id(f"{ctx.sync}:{ctx.run_id}:replace")
         self.seq = 0
-        self.started: float | None = None
+        self.started: float | None = None  # the client's clock
+        self.started_at = 0.0  # wall clock, journalled
         self.last_rows: pa.Table | None = None
+        window = client.settings.replace_window_s
+        resume = ctx.resume or {}
+        if resume.get("kind") == "replace" and not resume.get("closing") and \
+                time.time() - float(resume.get("started_at", 0)) < window:
+            self.session_id, self.seq = int(resume["session_id"]), int(resume.get("batch_seq", 0))
+            self.started_at = float(resume["started_at"])
+            self.started = client.clock() - (time.time() - self.started_at)
 
     def _body(self, last: bool) -> dict:
         return {"session_id": self.session_id, "batch_seq": self.seq, "last_batch_flag": last,
                 "estimated_num_total": self.ctx.total_rows}
 
+    def _journal(self) -> None:
+        self.ctx.save_state({"kind": "replace", "session_id": self.session_id, "batch_seq": self.seq,
+                             "started_at": self.started_at})
+
     def send(self, operation, rows, previous, ctx):
         if self.started is None:
-            # Journalled before the first batch: from then on the audience is being replaced.
-            self.ctx.save_state({"kind": "replace", "session_id": self.session_id})
-            self.started = self.client.clock()
+            self.started, self.started_at = self.client.clock(), time.time()
         elif self.client.clock() - self.started > self.client.settings.replace_window_s:
             raise TerminalError(f"the replace session ran past {self.client.settings.replace_window_s:.0f} s, "
                                 "near Meta's 90-minute limit; the next run replaces the audience in full")
         self.seq += 1
-        result = self.client._users(f"{self.ctx.audience_id}/usersreplace", "POST", rows, self._body(False))
+        # Journalled before the batch: from the first one on, the audience is being replaced.
+        self._journal()
+        try:
+            result = self.client._users(f"{self.ctx.audience_id}/usersreplace", "POST", rows, self._body(False))
+        except DestinationError as exc:
+            # A batch left out of a replace would drop its members when the session closes: stop
+            # with the session open instead, and let the next run carry it on.
+            raise TerminalError(f"replace session {self.session_id}: {exc}", status=exc.status) from exc
         self.last_rows = rows
         result.pending = True
         return result
 
     def finish(self, complete: bool) -> Finish:
-        if self.started is None:
+        if self.last_rows is None:
             return Finish("applied")  # nothing was sent, nothing replaced
         if not complete:
             return Finish("unknown", reason=f"replace session {self.session_id} cut short")
         # The last batch again, flagged last: sending rows twice in a session is harmless, and
         # no batch is known to be the last before every part sent again has been answered.
         self.seq += 1
+        self.ctx.save_state({"kind": "replace", "session_id": self.session_id, "batch_seq": self.seq,
+                             "started_at": self.started_at, "closing": True})
         try:
             self.client._users(f"{self.ctx.audience_id}/usersreplace", "POST", self.last_rows, self._body(True))
         except DestinationError as exc:
             # The close may have landed and only its answer been lost: Meta's session list says.
-            if self._closed():
+            if self.client.session_stage(self.ctx.audience_id, self.session_id) == "finished":
                 return Finish("applied")
             return Finish("unknown", reason=f"replace session {self.session_id} did not close: {exc}")
         return Finish("applied")
-
-    def _closed(self) -> bool:
-        try:
-            body = self.client._call("GET", f"{self.ctx.audience_id}/sessions",
-                                     params={"session_id": str(self.session_id)})
-        except DestinationError:
-            return False
-        return any(str(s.get("session_id")) == str(self.session_id) and s.get("stage") == "finished"
-                   for s in body.get("data", []))
