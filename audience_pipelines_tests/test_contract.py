@@ -1,0 +1,135 @@
+"""The rest of the contract suite, over every destination and its fake (the cases of test_fault_matrix.py):
+a name target is created exactly once, also by two runs racing; bad credentials fail before anything is
+sent; a target id that does not exist fails clearly and creates nothing; a full resend leaves exactly
+the membership.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pyarrow as pa
+import pytest
+
+from audience_pipelines.contract import CredentialsError, DestinationError, Target
+from audience_pipelines.engine import RunOptions, SnapshotStore, SyncAborted, SyncSpec, run_sync
+from audience_pipelines.engine.audiences import AudienceRegistry
+from audience_pipelines_tests.faults import M1, M2
+from audience_pipelines_tests.memory_destination import MemoryJobDestination
+from audience_pipelines_tests.test_fault_matrix import HTTP_CASES, make_case
+
+# Audiences are found by name on these; the others take any name as the audience's id.
+NAMED_AUDIENCES = ["meta_custom_audiences", "google_ads", "hubspot"]
+
+
+def members(rows: dict) -> pa.Table:
+    keys = sorted(rows)
+    return pa.table({"key": keys, "email": [rows[k][0] for k in keys], "plan": [rows[k][1] for k in keys]})
+
+
+def spec(case, sync: str, target: Target) -> SyncSpec:
+    return SyncSpec(name=sync, audience="a", destination=case.name, target=target, identifiers=case.identifiers,
+                    fields=case.fields)
+
+
+def run(case, store, rows, run_id, target=Target(name="vip"), registry=None, dest=None, full=False):
+    dest = dest or case.destination()
+    try:
+        return run_sync(spec(case, store.sync, target), members(rows), dest, store,
+                        RunOptions(run_id=run_id, full_resync=full, registry=registry))
+    finally:
+        dest.close()
+
+
+def created_names(case) -> list[str]:
+    fake = case.fake
+    if case.name.startswith("meta"):
+        return [a["name"] for a in fake.audiences.values()]
+    if case.name == "google_ads":
+        return [u["name"] for u in fake.user_lists.values()]
+    return [entry["name"] for entry in fake.lists.values()]
+
+
+@pytest.mark.parametrize("name", NAMED_AUDIENCES)
+def test_two_runs_racing_on_one_name_create_it_once(name, tmp_path):
+    """Two syncs of one account start together, each with its own snapshot, one registry."""
+    with make_case(name, tmp_path) as case:
+        registry = AudienceRegistry(tmp_path / "registry")
+        barrier, results, errors = threading.Barrier(2), {}, []
+
+        def one(sync: str) -> None:
+            store = SnapshotStore(tmp_path / "syncs", sync)
+            barrier.wait()
+            try:
+                results[sync] = run(case, store, M1, f"run-{sync}", registry=registry)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(s,)) for s in ("left", "right")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors, errors
+        assert created_names(case) == ["vip"]
+        assert results["left"].destination_audience_id == results["right"].destination_audience_id
+        assert case.state() == case.expected(M1)
+        # And a later run, with a fresh client, finds the same one again.
+        again = run(case, SnapshotStore(tmp_path / "syncs", "left"), M1, "again", registry=registry)
+        assert again.destination_audience_id == results["left"].destination_audience_id
+        assert created_names(case) == ["vip"]
+        entries = registry.entries(case.destination().type_name)
+        assert [(e.name, e.id, e.created) for e in entries] == [("vip", again.destination_audience_id, True)]
+
+
+def test_a_platform_that_cannot_list_resolves_names_through_the_registry(tmp_path):
+    dest, registry = MemoryJobDestination(), AudienceRegistry(tmp_path / "registry")
+    spec_ = SyncSpec(name="s", audience="a", destination="memory_job", target=Target(name="vip"),
+                     identifiers={"email": "email"}, fields={"plan": "plan"})
+    first = run_sync(spec_, members(M1), dest, SnapshotStore(tmp_path / "syncs", "s"),
+                     RunOptions(run_id="r1", registry=registry))
+    other = SyncSpec(**{**spec_.__dict__, "name": "t"})
+    second = run_sync(other, members(M1), dest, SnapshotStore(tmp_path / "syncs", "t"),
+                      RunOptions(run_id="r2", registry=registry))
+    assert dest.created == ["vip"] and first.destination_audience_id == second.destination_audience_id
+
+
+@pytest.mark.parametrize("name", [c for c in HTTP_CASES if "replace" not in c])
+def test_bad_credentials_fail_before_anything_is_sent(name, tmp_path):
+    with make_case(name, tmp_path) as case:
+        store = SnapshotStore(tmp_path / "syncs", "s")
+        run(case, store, M1, "r1")
+        before, snapshot = case.state(), store.read()
+        names = created_names(case) if name in NAMED_AUDIENCES else None
+        with pytest.raises((DestinationError, SyncAborted)) as err:
+            run(case, store, M2, "r2", dest=case.faults["bad credentials"](case))
+        if name == "webhook":
+            # A receiver has nothing to ask before the first batch: it refuses that one, and the run stops.
+            assert isinstance(err.value.__cause__, CredentialsError)
+        else:
+            assert isinstance(err.value, CredentialsError) and store.read_pending() is None
+        assert case.state() == before and store.read().equals(snapshot)
+        if names is not None:
+            assert created_names(case) == names
+
+
+@pytest.mark.parametrize("name", NAMED_AUDIENCES)
+def test_a_target_id_that_does_not_exist_is_a_clear_error_and_creates_nothing(name, tmp_path):
+    with make_case(name, tmp_path) as case:
+        store = SnapshotStore(tmp_path / "syncs", "s")
+        with pytest.raises(DestinationError) as err:
+            run(case, store, M1, "r1", target=Target(id="9999999999"))
+        assert err.value.fatal and "9999999999" in str(err.value)
+        assert created_names(case) == [] and store.manifest() is None
+
+
+@pytest.mark.parametrize("name", HTTP_CASES)
+def test_a_full_resend_leaves_exactly_the_membership(name, tmp_path):
+    with make_case(name, tmp_path) as case:
+        store = SnapshotStore(tmp_path / "syncs", "s")
+        run(case, store, M1, "r1")
+        result = run(case, store, M2, "r2", full=True)
+        assert result.failed == 0 and case.state() == case.expected(M2)
+        assert result.replaced == name.startswith("meta")  # Meta replaces the audience in one session
+        assert store.read_pending() is None and store.read_session() is None
+        assert sorted(store.read()["key"].to_pylist()) == sorted(M2)
