@@ -8,12 +8,15 @@ import pyarrow as pa
 import pytest
 
 from audience_pipelines.contract import Target
-from audience_pipelines.engine.audiences import AudienceRegistry
-from audience_pipelines.engine.sync import REGISTRY_DIR
 from audience_pipelines.destinations.meta_custom_audiences import MetaSettings
 from audience_pipelines.destinations.meta_custom_audiences.client import MetaCustomAudiencesDestination
-from audience_pipelines.engine import CredentialsError, DestinationError, RunOptions, SnapshotStore, SyncAborted, SyncSpec, run_sync
+from audience_pipelines.engine import (
+    CredentialsError, DestinationError, RunOptions, SnapshotStore, SyncAborted, SyncSpec, run_sync,
+)
+from audience_pipelines.engine.audiences import AudienceRegistry
+from audience_pipelines.engine.sync import REGISTRY_DIR
 from audience_pipelines_tests.fakes import FakeMeta
+from audience_pipelines_tests.memory_destination import Crash
 
 TOKEN = "EAAB-test-token-s3cr3t"
 COLUMNS = {"email": "email", "phone": "phone", "first_name": "fn", "last_name": "ln", "country": "country",
@@ -47,12 +50,13 @@ def table(rows: dict, columns=("email", "ext")) -> pa.Table:
                      **{c: pa.array([r.get(c) for r in rows.values()], pa.string()) for c in columns}})
 
 
-def run(meta, store, members: pa.Table, run_id, *, target=None, dest=None, identifiers=None, **spec_kw):
+def run(meta, store, members: pa.Table, run_id, *, target=None, dest=None, identifiers=None, full=False,
+        **spec_kw):
     dest = dest or destination(meta)
     spec = SyncSpec(name="m", audience="a", destination="meta", target=target or Target(name="vip"),
                     identifiers=identifiers or {"email": "email", "external_id": "ext"}, **spec_kw)
     try:
-        return run_sync(spec, members, dest, store, RunOptions(run_id=run_id))
+        return run_sync(spec, members, dest, store, RunOptions(run_id=run_id, full_resync=full))
     finally:
         dest.close()
 
@@ -438,3 +442,82 @@ def test_identifier_change_withdraws_only_the_old_value(meta, store):
     second = run(meta, store, table(moved, columns=("email", "phone")), "r2", identifiers=EMAIL_PHONE)
     assert (second.updated, second.failed) == (2, 0)
     assert meta.members(aid) == meta_rows(moved)
+
+
+# -- full resends as usersreplace sessions ------------------------------------------------------
+
+def replace_requests(meta):
+    return [r for r in meta.requests if r.path.endswith("/usersreplace")]
+
+
+class _DiesMidReplace(MetaCustomAudiencesDestination):
+    """The process dies after `after` replace batches were answered."""
+
+    def __init__(self, *a, after: int, **kw):
+        super().__init__(*a, **kw)
+        self.after = after
+
+    def open_session(self, ctx):
+        session = super().open_session(ctx)
+        send, calls = session.send, []
+
+        def dying(*a, **kw):
+            result = send(*a, **kw)
+            calls.append(1)
+            if len(calls) >= self.after:
+                raise Crash("killed mid-replace")
+            return result
+        session.send = dying
+        return session
+
+
+def test_full_resend_of_a_mirror_sync_replaces_the_audience_in_one_session(meta, store):
+    run(meta, store, table(simple(6)), "r1")
+    aid = meta.audience_id_by_name("vip")
+    deletes_before = len(users_requests(meta, "DELETE"))
+    result = run(meta, store, table(simple(4, start=2)), "r2", full=True, batch_size=2)
+    assert result.replaced and result.removed == 2 and result.failed == 0
+    assert meta.members(aid) == simple_rows(simple(4, start=2))
+    assert len(users_requests(meta, "DELETE")) == deletes_before  # departed members dropped by the replace
+    [session] = meta.replace_sessions(aid)
+    assert session["status"] == "finished" and session["batches"] == [1, 2, 3]  # two batches, then the close
+    assert store.read_session() is None and set(store.read()["key"].to_pylist()) == set(simple(4, start=2))
+
+
+def test_a_run_killed_mid_replace_is_carried_on_by_the_next_run(meta, store):
+    run(meta, store, table(simple(6)), "r1")
+    aid = meta.audience_id_by_name("vip")
+    dest = _DiesMidReplace(MetaSettings(ad_account_id="1234", access_token=TOKEN, base_url=meta.url),
+                           sleep=lambda s: None, after=1)
+    with pytest.raises(Crash):
+        run(meta, store, table(simple(6)), "r2", dest=dest, full=True, batch_size=2)
+    # Half-replaced at Meta: only the first batch is there. The journal says so.
+    assert len(meta.members(aid)) == 2 and store.read_session()["state"]["kind"] == "replace"
+    result = run(meta, store, table(simple(6)), "r3", batch_size=2)  # a plain diff run
+    assert result.replaced and any("still open" in n for n in result.notes)
+    assert meta.members(aid) == simple_rows(simple(6))
+    [session] = meta.replace_sessions(aid)  # the same session, carried on and closed
+    assert session["status"] == "finished" and store.read_session() is None
+
+
+def test_a_replace_meta_ended_before_it_was_closed_is_redone_in_a_new_session(meta, store):
+    run(meta, store, table(simple(6)), "r1")
+    aid = meta.audience_id_by_name("vip")
+    dest = _DiesMidReplace(MetaSettings(ad_account_id="1234", access_token=TOKEN, base_url=meta.url),
+                           sleep=lambda s: None, after=1)
+    with pytest.raises(Crash):
+        run(meta, store, table(simple(6)), "r2", dest=dest, full=True, batch_size=2)
+    meta.expire_sessions(aid)  # Meta's 90 minutes passed
+    assert len(meta.members(aid)) == 2
+    result = run(meta, store, table(simple(6)), "r3", batch_size=2)
+    assert result.replaced and any("ended before it was closed" in n for n in result.notes)
+    assert meta.members(aid) == simple_rows(simple(6))
+    assert [s["status"] for s in meta.replace_sessions(aid)] == ["expired", "finished"]
+
+
+def test_additive_full_resend_never_replaces(meta, store):
+    run(meta, store, table(simple(4)), "r1")
+    aid = meta.audience_id_by_name("vip")
+    result = run(meta, store, table(simple(2)), "r2", full=True, mode="additive")
+    assert not result.replaced and replace_requests(meta) == []
+    assert meta.members(aid) == simple_rows(simple(4))
