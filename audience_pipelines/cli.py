@@ -1,4 +1,4 @@
-"""`audience-pipelines`: resend, runs, pause/resume and forget, next to the Dagster UI."""
+"""`audience-pipelines`: resend, runs, pause/resume, forget, destinations and audiences, next to the Dagster UI."""
 
 from __future__ import annotations
 
@@ -137,6 +137,66 @@ def cmd_forget(args) -> int:
     return 0
 
 
+def _table(cols: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def cmd_destinations(args) -> int:
+    from audience_pipelines.destinations import destination_types
+    from audience_pipelines.identifiers.kinds import KINDS
+
+    def yes(flag: bool) -> str:
+        return "yes" if flag else "-"
+
+    rows = []
+    for name, dtype in destination_types().items():
+        caps = dtype.capabilities()
+        reports = [w for w, f in (("size", caps.reports_size), ("match rate", caps.reports_match_rate)) if f]
+        sends = "replace session" if caps.replaces_audience else "job" if caps.uses_jobs else "batches"
+        kinds = "any" if caps.identifier_kinds >= set(KINDS) else ", ".join(sorted(caps.identifier_kinds))
+        rows.append([name, kinds, f"{caps.max_batch_rows:,}",
+                     yes(caps.can_list_audiences), yes(caps.can_create_audiences),
+                     yes(caps.creates_profiles), yes(caps.keeps_record_ids), ", ".join(reports) or "-", sends])
+    _table(["type", "identifiers", "batch", "finds by name", "creates", "profiles", "record ids", "reports",
+            "sends as"], rows)
+    print(f"\nidentifiers: the kinds a type takes by default (any: all of {', '.join(KINDS)}; Google Ads' depend "
+          "on upload_key_type); batch: rows per request by default; finds by name: a name target resolves on the "
+          "platform (else through the registry of audiences created, `audience-pipelines audiences`); profiles: "
+          "creates a missing contact before membership; sends as: job = outcome known when the platform's job "
+          "ends, replace session = a full resend of a mirror sync replaces the audience")
+    return 0
+
+
+def _destination_type_of(name: str) -> str:
+    """A destination type, given a type or the name of a declared destination."""
+    from audience_pipelines.destinations import destination_types
+
+    if name in destination_types():
+        return name
+    from audience_pipelines.definitions import defs
+
+    resource = defs().resources.get(f"destination_{name}")
+    if resource is None:
+        raise AudiencePipelinesError(f"'{name}' is neither a destination type ({', '.join(destination_types())}) "
+                                     "nor a destination declared in YAML")
+    return resource.type.name
+
+
+def cmd_audiences(args) -> int:
+    type_name = _destination_type_of(args.destination)
+    registry = AudienceStorage(home=str(find_state_root())).audience_registry()
+    entries = [(account, e) for account in registry.accounts(type_name) for e in registry.entries(type_name, account)]
+    if not entries:
+        print(f"no audiences registered for {type_name} under {registry.root}")
+        return 0
+    _table(["account", "name", "id", "how", "at", "sync", "run"],
+           [[a, e.name, e.id, "created" if e.created else "found", e.at, e.by_sync, e.by_run] for a, e in entries])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="audience-pipelines", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--yes", action="store_true")
     p.add_argument("--force", action="store_true", help="even if the sync is still defined (or definitions fail)")
     p.set_defaults(fn=cmd_forget)
+
+    p = sub.add_parser("destinations", help="list the destination types and what each can do")
+    p.set_defaults(fn=cmd_destinations)
+
+    p = sub.add_parser("audiences", help="list the destination audiences syncs created or found, per account")
+    p.add_argument("destination", help="a destination type, or the name of a destination declared in YAML")
+    p.set_defaults(fn=cmd_audiences)
 
     args = parser.parse_args(argv)
     try:

@@ -83,6 +83,10 @@ def result_metadata(r: SyncResult, error: str | None = None) -> dict:
         "destination_audience_id": r.destination_audience_id,
         "audience_size": dg.MetadataValue.int(r.audience_size) if r.audience_size is not None
         else dg.MetadataValue.null(),
+        "match_rate": dg.MetadataValue.float(r.match_rate) if r.match_rate is not None else dg.MetadataValue.null(),
+        "rows_skipped_no_profile": r.skipped_no_profile,
+        "skipped_no_profile_sample": dg.MetadataValue.json(r.skipped_sample),
+        "replaced_audience": r.replaced,
         "invalid_identifiers_not_sent": dg.MetadataValue.json(invalid_identifiers_not_sent(r)),
         "destination_stats": dg.MetadataValue.json(r.destination_stats),
         "errors_sample": dg.MetadataValue.json(r.errors_sample),
