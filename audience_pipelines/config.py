@@ -117,7 +117,11 @@ def configure_destination(name: str, type_name: str, settings: Mapping, from_env
     try:
         validated = model(**values)
     except ValidationError as exc:
-        raise ConfigError(f"destination '{name}' ({type_name}): {describe_validation(exc)}") from None
+        # A text setting whose variable a run reads later is checked then, with its real value.
+        later = {k for k, v in values.items() if v == _FROM_ENV}
+        if any(not err["loc"] or err["loc"][0] not in later for err in exc.errors()):
+            raise ConfigError(f"destination '{name}' ({type_name}): {describe_validation(exc)}") from None
+        validated = model.model_construct(**values)
     return ConfiguredDestination(name, dtype, validated, env_text)
 
 

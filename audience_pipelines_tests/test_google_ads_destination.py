@@ -114,7 +114,7 @@ def test_first_run_creates_the_list_once_and_adds_hashed_identifiers(ads, store)
         "k1": {"email": " Test@Example.com ", "phone": "+1 650-253-1234", "fn": " John ", "ln": "DOE",
                "country": "us", "zip": "94043"},
         "k2": {"email": "jane@example.org", "fn": "Jane"},  # half an address: only the email goes
-        "k3": {"fn": "Solo", "ln": "Name"},  # no email, phone or whole address: rejected by the client
+        "k3": {"fn": "Solo", "ln": "Name"},  # no email, phone or whole address: set aside by the engine
         "k4": {"email": "not-an-email"},  # no usable identifier: set aside by the engine
     }
     members = table(rows, ("email", "phone", "fn", "ln", "country", "zip"))
@@ -132,16 +132,17 @@ def test_first_run_creates_the_list_once_and_adds_hashed_identifiers(ads, store)
                                     ("hashedLastName", h("doe")), ("postalCode", "94043")))}),
         member("jane@example.org"),
     }
-    assert (first.added, first.failed, first.set_aside) == (2, 1, 1)
-    assert "no identifier left to send" in first.errors_sample[0]["reason"] and first.errors_sample[0]["key"] == "k3"
+    assert (first.added, first.failed, first.set_aside) == (2, 0, 2)
+    assert {s["key"] for s in first.set_aside_sample} == {"k3", "k4"}
+    assert first.errors_sample == []
     (job,) = ads.jobs.values()
     assert job["status"] == "SUCCESS" and job["consent"] == {"adUserData": "GRANTED", "adPersonalization": "GRANTED"}
     assert (first.audience_size, first.match_rate) == (2, 0.8)
 
     second = run(ads, store, members, "r2", identifiers=ids)  # a fresh client finds the list
     assert second.destination_audience_id == lid and len(ads.user_lists) == 1
-    assert (second.added, second.failed, second.unchanged) == (0, 1, 2)  # k3 is tried again, still unsendable
-    assert len(ads.jobs) == 1  # nothing sendable: no job
+    assert (second.added, second.failed, second.unchanged, second.set_aside) == (0, 0, 2, 2)
+    assert len(ads.jobs) == 1  # nothing to send: no job
     assert statuses(ads, "userLists:mutate") == [200]
 
     ads.set_size(lid, size_for_search=1234, match_rate=55)
@@ -382,10 +383,12 @@ def test_a_job_still_running_at_the_poll_timeout_is_settled_by_the_next_run(ads,
 
 
 def test_rejections_are_written_with_google_reasons(ads, store):
-    rows = {"a": {"email": "a@example.com"}, "b": {"fn": "only"}}
-    result = run(ads, store, table(rows, ("email", "fn")), "r1", identifiers={"email": "email", "first_name": "fn"})
+    ads.reject_values([h("b@example.com")])
+    rows = {"a": {"email": "a@example.com"}, "b": {"email": "b@example.com"}}
+    result = run(ads, store, table(rows, ("email",)), "r1", identifiers={"email": "email"})
     t = pq.read_table(result.rejected_path)
     assert t["key"].to_pylist() == ["b"] and t["operation"].to_pylist() == ["add"]
+    assert "INVALID_VALUE" in t["reason"][0].as_py() or "invalid" in t["reason"][0].as_py().lower()
 
 
 def test_a_lost_answer_to_run_is_settled_by_polling(ads, store):

@@ -43,6 +43,9 @@ class Capabilities:
     hashes_identifiers: bool = False
     # Ad platforms match on identifiers only, so a row with none is unsendable.
     requires_identifier: bool = False
+    # Kinds that only identify a person together (Google's name and address); a row carrying only
+    # part of such a group has no usable identifier and is set aside.
+    identifier_groups: tuple[frozenset[str], ...] = ()
     # Identifier kinds the platform matches a person on by themselves. A removal must
     # never carry a value of these that a current member still sends (it would take
     # that member out too). Empty: the platform matches rows by key.

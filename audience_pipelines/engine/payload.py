@@ -73,7 +73,7 @@ def build_payload(
     id_cols: list[str] = []
     invalid: dict[str, int] = {}
     invalid_masks: dict[str, np.ndarray] = {}
-    usable = np.zeros(n, dtype=bool)
+    valid: dict[str, np.ndarray] = {}
     for kind, col in identifiers.items():
         region = members[region_column] if region_column and kind == "phone" else default_region
         norm = normalize(kind, members[col], default_region=region)
@@ -85,7 +85,8 @@ def build_payload(
         name = destination.identifier_column(kind)
         cols[name] = sent
         id_cols.append(name)
-        usable |= np.asarray(sent.is_valid(), dtype=bool)
+        valid[kind] = np.asarray(sent.is_valid(), dtype=bool)
+    usable = _usable(valid, destination.capabilities.identifier_groups, n)
     field_cols = []
     for name, col in fields.items():
         values = members[col]
@@ -107,3 +108,16 @@ def build_payload(
     if destination.capabilities.keeps_record_ids:  # filled from the snapshot and the platform's answers
         table = table.append_column(RECORD_ID, pa.nulls(table.num_rows, pa.string()))
     return Payload(table, id_cols, field_cols, set_aside, samples, invalid, invalid_set_aside)
+
+
+def _usable(valid: dict[str, np.ndarray], groups: tuple[frozenset[str], ...], n: int) -> np.ndarray:
+    """Rows with a value for some identifier kind, or for every kind of a group that only counts whole."""
+    usable = np.zeros(n, dtype=bool)
+    grouped = set().union(*groups) if groups else set()
+    for kind, mask in valid.items():
+        if kind not in grouped:
+            usable |= mask
+    for group in groups:
+        if group <= set(valid):
+            usable |= np.logical_and.reduce([valid[k] for k in group])
+    return usable

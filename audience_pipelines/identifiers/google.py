@@ -12,6 +12,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from audience_pipelines.identifiers.kinds import ADDRESS_KINDS
 from audience_pipelines.identifiers.hashing import as_string_array, is_sha256_hex, sha256_hex
 
 # Identifier kind -> the UserIdentifier field (or addressInfo subfield) that carries it.
@@ -27,7 +28,6 @@ GOOGLE_FIELDS: dict[str, str] = {
 }
 HASHED_KINDS = frozenset({"email", "phone", "first_name", "last_name"})
 # addressInfo is matched only with all four parts (Google's rule for name + address matching).
-ADDRESS_KINDS = ("first_name", "last_name", "country", "zip")
 
 _NULL_STR = pa.scalar(None, pa.string())
 

@@ -21,3 +21,6 @@ META_FIELDS: dict[str, str] = {
     "external_id": "EXTERN_ID",
     "device_id": "MADID",
 }
+
+# Google matches on a name and address only whole: first and last name, country and postal code.
+ADDRESS_KINDS: tuple[str, ...] = ("first_name", "last_name", "country", "zip")

@@ -765,7 +765,7 @@ class FakeGoogleAds(FakeServer):
                                    None, id_at))
                 continue
             err, stored = self._check_identifier(field, value, id_at, ident_where)
-            if err is None and value in self._rejected_values:
+            if err is None and isinstance(value, str) and value in self._rejected_values:
                 err = _err("fieldError", "INVALID_VALUE", "The field's value is invalid.", id_at)
             if err:
                 errors.append(err)

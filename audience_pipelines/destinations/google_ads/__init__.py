@@ -1,10 +1,9 @@
 """`google_ads`: Google Ads Customer Match user lists through the Google Ads API.
 
-Why the Google Ads API (offline user data jobs) and not the Data Manager API: it is what the
-issue asks for, it is what existing Google Ads developer tokens can already use, and it lets us
-read list size and match rate back through the same API. Google says that from April 2026 most
-brand-new Customer Match integrations must use the Data Manager API (`audienceMembers:ingest`);
-that path is not built here.
+The Google Ads API (offline user data jobs) is what a Google Ads developer token can use today, and
+it reads a list's size and match rate back through the same API. Google says that from April 2026
+most brand-new Customer Match integrations must use the Data Manager API (`audienceMembers:ingest`),
+which needs its own access approval; that path is not built here.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from audience_pipelines.contract import Capabilities, DestinationSettings, DestinationType, EnvSecret, register
+from audience_pipelines.identifiers.kinds import ADDRESS_KINDS
 
 # Google recommends about 10,000 identifiers a call and allows 100,000 a request.
 DEFAULT_BATCH = 10_000
@@ -31,7 +31,7 @@ MATCH_KINDS = frozenset({"email", "phone", "user_id", "device_id"})
 
 
 def _customer_id(value: str | None, setting: str) -> str | None:
-    if value is None:
+    if value is None or not str(value).strip():  # an optional variable left unset
         return None
     digits = str(value).strip().replace("-", "")
     if not digits.isdigit():
@@ -99,7 +99,7 @@ class GoogleAds(DestinationType):
         return Capabilities(
             identifier_kinds=kinds, max_batch_rows=settings.batch_size if settings else DEFAULT_BATCH,
             accepts_fields=False, can_list_audiences=True, hashes_identifiers=True, requires_identifier=True,
-            match_identifiers=MATCH_KINDS, uses_jobs=True, reports_size=True, reports_match_rate=True,
+            match_identifiers=MATCH_KINDS, identifier_groups=(frozenset(ADDRESS_KINDS),), uses_jobs=True, reports_size=True, reports_match_rate=True,
         )
 
     @classmethod
