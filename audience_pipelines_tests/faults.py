@@ -72,9 +72,21 @@ class Case(ABC):
     # The faulted run is a full resend (a replace session where the destination has them).
     full_resync: bool = False
 
+    # The platform keeps audiences by id and finds them by name (else a name is the audience's id).
+    names_audiences: bool = False
+
+    @classmethod
+    @abstractmethod
+    def open(cls, tmp_path):
+        """A context manager yielding a case on a fresh fake (its audiences and members start empty)."""
+
     @abstractmethod
     def destination(self) -> Destination:
         """A fresh client, as a run builds one."""
+
+    def audience_names(self) -> list[str]:
+        """Names of the audiences on the platform, in creation order (where `names_audiences`)."""
+        raise NotImplementedError
 
     @abstractmethod
     def spec(self) -> tuple[str, dict]:

@@ -16,10 +16,10 @@ from audience_pipelines.engine import RunOptions, SnapshotStore, SyncAborted, Sy
 from audience_pipelines.engine.audiences import AudienceRegistry
 from audience_pipelines_tests.faults import M1, M2
 from audience_pipelines_tests.memory_destination import MemoryJobDestination
-from audience_pipelines_tests.test_fault_matrix import HTTP_CASES, make_case
+from audience_pipelines_tests.test_fault_matrix import CASES, HTTP_CASES, make_case
 
-# Audiences are found by name on these; the others take any name as the audience's id.
-NAMED_AUDIENCES = ["meta_custom_audiences", "google_ads", "hubspot"]
+# Platforms that keep audiences by id and find them by name; the others take a name as the id.
+NAMED_AUDIENCES = [name for name, c in CASES.items() if c.names_audiences and not c.full_resync]
 
 
 def members(rows: dict) -> pa.Table:
@@ -39,15 +39,6 @@ def run(case, store, rows, run_id, target=Target(name="vip"), registry=None, des
                         RunOptions(run_id=run_id, full_resync=full, registry=registry))
     finally:
         dest.close()
-
-
-def created_names(case) -> list[str]:
-    fake = case.fake
-    if case.name.startswith("meta"):
-        return [a["name"] for a in fake.audiences.values()]
-    if case.name == "google_ads":
-        return [u["name"] for u in fake.user_lists.values()]
-    return [entry["name"] for entry in fake.lists.values()]
 
 
 @pytest.mark.parametrize("name", NAMED_AUDIENCES)
@@ -71,13 +62,13 @@ def test_two_runs_racing_on_one_name_create_it_once(name, tmp_path):
         for t in threads:
             t.join(timeout=60)
         assert not errors, errors
-        assert created_names(case) == ["vip"]
+        assert case.audience_names() == ["vip"]
         assert results["left"].destination_audience_id == results["right"].destination_audience_id
         assert case.state() == case.expected(M1)
         # And a later run, with a fresh client, finds the same one again.
         again = run(case, SnapshotStore(tmp_path / "syncs", "left"), M1, "again", registry=registry)
         assert again.destination_audience_id == results["left"].destination_audience_id
-        assert created_names(case) == ["vip"]
+        assert case.audience_names() == ["vip"]
         entries = registry.entries(case.destination().type_name)
         assert [(e.name, e.id, e.created) for e in entries] == [("vip", again.destination_audience_id, True)]
 
@@ -100,7 +91,7 @@ def test_bad_credentials_fail_before_anything_is_sent(name, tmp_path):
         store = SnapshotStore(tmp_path / "syncs", "s")
         run(case, store, M1, "r1")
         before, snapshot = case.state(), store.read()
-        names = created_names(case) if name in NAMED_AUDIENCES else None
+        names = case.audience_names() if name in NAMED_AUDIENCES else None
         with pytest.raises((DestinationError, SyncAborted)) as err:
             run(case, store, M2, "r2", dest=case.faults["bad credentials"](case))
         if name == "webhook":
@@ -110,7 +101,7 @@ def test_bad_credentials_fail_before_anything_is_sent(name, tmp_path):
             assert isinstance(err.value, CredentialsError) and store.read_pending() is None
         assert case.state() == before and store.read().equals(snapshot)
         if names is not None:
-            assert created_names(case) == names
+            assert case.audience_names() == names
 
 
 @pytest.mark.parametrize("name", NAMED_AUDIENCES)
@@ -120,7 +111,7 @@ def test_a_target_id_that_does_not_exist_is_a_clear_error_and_creates_nothing(na
         with pytest.raises(DestinationError) as err:
             run(case, store, M1, "r1", target=Target(id="9999999999"))
         assert err.value.fatal and "9999999999" in str(err.value)
-        assert created_names(case) == [] and store.manifest() is None
+        assert case.audience_names() == [] and store.manifest() is None
 
 
 @pytest.mark.parametrize("name", HTTP_CASES)
