@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from audience_pipelines.contract import RECORD_ID, CredentialsError, Target, TerminalError
+from audience_pipelines.contract import RECORD_ID, BatchContext, CredentialsError, Target, TerminalError
 from audience_pipelines.destinations.hubspot import HubSpotSettings
 from audience_pipelines.destinations.hubspot.client import HubSpotDestination
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncAborted, SyncSpec, run_sync
@@ -282,7 +282,7 @@ def test_missing_scopes_are_named():
         dest.check_access()
         lid = dest.create_audience("VIP")
         with pytest.raises(CredentialsError, match=r"lacks the scope\(s\) crm.objects.contacts.write"):
-            dest.add(lid, table({"k1": BASE["k1"]}).select(["key", "email"]), None)
+            dest.add(lid, table({"k1": BASE["k1"]}).select(["key", "email"]), BatchContext("s", "r", "add", 1, True))
         assert hs.members(lid) == set() and TOKEN not in repr(dest.settings)
 
 
@@ -337,3 +337,17 @@ def test_batches_of_100_and_snapshot_rows_without_record_ids(hs, store):
     dest.close()
     assert answer.rejected == {} and [c[1] for c in since(hs, n)] == [READ, f"/crm/v3/lists/{lid}/memberships/remove"]
     assert len(hs.members(lid)) == 228 and hs.contact_by_email("person1@example.com") is not None
+
+
+def test_the_syncs_create_profiles_overrides_the_destinations(hs, store):
+    hs.create_contact("known@example.com", firstname="Kim")
+    rows = {"k1": ("known@example.com", "Kim", "gold"), "k2": ("new@example.com", "Neu", "free")}
+    # The destination creates profiles by default; this sync says not to.
+    result = run(hs, store, rows, "r1", create_profiles=False)
+    assert (result.added, result.skipped_no_profile, result.failed) == (1, 1, 0)
+    assert hs.contact_by_email("new@example.com") is None
+    assert hs.member_emails(hs.list_id_by_name("VIP")) == {"known@example.com"}
+    # And the other way round: a destination that skips, a sync that creates.
+    again = run(hs, store, rows, "r2", dest=destination(hs, create_profiles=False), create_profiles=True)
+    assert (again.added, again.skipped_no_profile) == (1, 0)
+    assert hs.member_emails(hs.list_id_by_name("VIP")) == {"known@example.com", "new@example.com"}

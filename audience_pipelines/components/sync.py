@@ -115,6 +115,8 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
     default_region: Text | None = None  # for phone numbers written without a country code
     phone_region_column: Text | None = None  # or: a column holding each member's country
     batch_size: int | None = None
+    # Members with no profile on a CRM: create one (true) or skip and count them (false); default: the destination's.
+    create_profiles: bool | None = None
 
     def target_config(self) -> TargetConfig:
         """The destination audience: as declared, or one named like the audience."""
@@ -151,6 +153,9 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
         if caps.requires_identifier and not identifiers:
             raise ConfigError(f"{at}: {owner}, key 'identifiers': destination type '{destination.type}' needs at "
                               f"least one of {sorted(caps.identifier_kinds)}")
+        if self.create_profiles is not None and not caps.needs_profile:
+            raise ConfigError(f"{at}: {owner}, key 'create_profiles': destination type '{destination.type}' needs no "
+                              "profile before membership; remove the key")
         target = self.target_config()
         if bool(target.id) == bool(target.name):
             raise ConfigError(f"{at}: {owner}, key 'target': give exactly one of 'id' or 'name'")
@@ -170,7 +175,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                 target=Target(id=target.id, name=target.name), identifiers=identifiers, fields=dict(self.fields),
                 mode=self.mode, removal=self.removal, max_removal_share=self.max_removal_share,
                 batch_size=self.batch_size, default_region=self.default_region,
-                region_column=self.phone_region_column,
+                region_column=self.phone_region_column, create_profiles=self.create_profiles,
             )
         except ConfigError as exc:
             raise ConfigError(f"{at}: {exc}") from None
@@ -202,6 +207,9 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             lines.append(f"- phone numbers without a country code: region from {region}")
         if spec.sends_adds:
             lines.append(f"- fields: {_mapping(spec.fields) or 'none'}")
+        if spec.create_profiles is not None:
+            lines.append("- members with no profile: " + ("a profile is created" if spec.create_profiles
+                                                         else "skipped and counted (no profile is created)"))
         lines += [f"- schedule: {human(self.schedule)}",
                   f"- failure-rate threshold: {self.max_failure_rate:.0%}"]
         return "\n".join(lines)

@@ -14,6 +14,7 @@ finish (run and poll a job, close a replace session). Session state is journalle
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -83,6 +84,8 @@ class BatchContext:
     # Set when part of a batch is sent again to find the rows the platform did not
     # apply ("1", "2", "2.1", ...); idempotency keys and sessions must include it.
     part: str = ""
+    # The sync's choice for members with no profile: create one, or skip them (None: the destination's).
+    create_profiles: bool | None = None
 
     @property
     def request_id(self) -> str:
@@ -281,7 +284,11 @@ class DestinationType(ABC):
     def account(cls, settings: DestinationSettings) -> str:
         return "default"
 
+    # "module:Class" of the client, imported only when a run opens it.
+    client: ClassVar[str]
+
     @classmethod
-    @abstractmethod
     def open(cls, settings: DestinationSettings) -> Destination:
         """Import the client and build it (secrets are read now)."""
+        module, _, name = cls.client.partition(":")
+        return getattr(importlib.import_module(module), name)(settings)

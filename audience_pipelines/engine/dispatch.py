@@ -79,8 +79,10 @@ class _Answer:
 
 
 class Dispatcher:
-    def __init__(self, session: Session, max_batch_rows: int, sync: str, options, batch_size: int | None):
+    def __init__(self, session: Session, max_batch_rows: int, sync: str, options, batch_size: int | None,
+                 create_profiles: bool | None = None):
         self.session = session
+        self.create_profiles = create_profiles
         self.sync = sync
         self.options = options
         self.batch_size = min(batch_size, max_batch_rows) if batch_size else max_batch_rows
@@ -101,7 +103,7 @@ class Dispatcher:
             hi = min(lo + self.batch_size, len(op.positions))
             rows, sent_at, previous = op.batch(lo, hi)
             ctx = BatchContext(self.sync, self.options.run_id, "add" if op.name == "resend" else op.name,
-                               seq, seq == len(batches))
+                               seq, seq == len(batches), create_profiles=self.create_profiles)
             try:
                 answer = self._send(ctx.operation, rows, previous, ctx, outcome.stats) if rows.num_rows else _Answer()
             except Exception as exc:  # noqa: BLE001 - commit what was accepted, then report

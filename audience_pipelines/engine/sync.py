@@ -46,6 +46,7 @@ class SyncSpec:
     batch_size: int | None = None
     default_region: str | None = None
     region_column: str | None = None  # per-row country for phones written without one
+    create_profiles: bool | None = None  # members with no profile: create it, or skip them (None: destination's)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -303,7 +304,8 @@ def _dispatch(spec: SyncSpec, destination: Destination, store: SnapshotStore, au
     total = sum(len(op.positions) for op in ops if not op.implicit)
     session = destination.open_session(SessionContext(spec.name, options.run_id, audience_id, replace, total,
                                                       save_state, resume))
-    dispatcher = Dispatcher(session, destination.capabilities.max_batch_rows, spec.name, options, spec.batch_size)
+    dispatcher = Dispatcher(session, destination.capabilities.max_batch_rows, spec.name, options, spec.batch_size,
+                            spec.create_profiles)
     return dispatcher.run(ops)
 
 

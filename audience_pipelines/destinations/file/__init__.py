@@ -18,6 +18,7 @@ class File(DestinationType):
     name = "file"
     settings_model = FileSettings
     kind_tag = "file"
+    client = "audience_pipelines.destinations.file.client:FileDestination"
     summary = "CSV or Parquet files of each run's changes"
 
     @classmethod
@@ -27,9 +28,3 @@ class File(DestinationType):
     @classmethod
     def account(cls, settings: FileSettings) -> str:
         return settings.path
-
-    @classmethod
-    def open(cls, settings: FileSettings):
-        from audience_pipelines.destinations.file.client import FileDestination
-
-        return FileDestination(settings)

@@ -91,6 +91,7 @@ class GoogleAds(DestinationType):
     name = "google_ads"
     settings_model = GoogleAdsSettings
     kind_tag = "google"
+    client = "audience_pipelines.destinations.google_ads.client:GoogleAdsDestination"
     summary = "Google Ads Customer Match (hashed identifiers; offline user data jobs)"
 
     @classmethod
@@ -99,15 +100,10 @@ class GoogleAds(DestinationType):
         return Capabilities(
             identifier_kinds=kinds, max_batch_rows=settings.batch_size if settings else DEFAULT_BATCH,
             accepts_fields=False, can_list_audiences=True, hashes_identifiers=True, requires_identifier=True,
-            match_identifiers=MATCH_KINDS, identifier_groups=(frozenset(ADDRESS_KINDS),), uses_jobs=True, reports_size=True, reports_match_rate=True,
+            match_identifiers=MATCH_KINDS, identifier_groups=(frozenset(ADDRESS_KINDS),), uses_jobs=True,
+            reports_size=True, reports_match_rate=True,
         )
 
     @classmethod
     def account(cls, settings: GoogleAdsSettings) -> str:
         return settings.customer_id
-
-    @classmethod
-    def open(cls, settings: GoogleAdsSettings):
-        from audience_pipelines.destinations.google_ads.client import GoogleAdsDestination
-
-        return GoogleAdsDestination(settings)

@@ -29,6 +29,7 @@ class HubSpotLists(DestinationType):
     name = "hubspot"
     settings_model = HubSpotSettings
     kind_tag = "hubspot"
+    client = "audience_pipelines.destinations.hubspot.client:HubSpotDestination"
     summary = "HubSpot static contact lists (contacts upserted by email, record ids kept)"
 
     @classmethod
@@ -47,9 +48,3 @@ class HubSpotLists(DestinationType):
         # Without the token only the API host is known; the open client refines this per token
         # (see HubSpotDestination.account), so two portals never share a registry of lists.
         return urlsplit(settings.base_url).netloc or settings.base_url
-
-    @classmethod
-    def open(cls, settings: HubSpotSettings):
-        from audience_pipelines.destinations.hubspot.client import HubSpotDestination
-
-        return HubSpotDestination(settings)

@@ -289,10 +289,10 @@ class HubSpotDestination(BatchDestination[HubSpotSettings]):
                     failed[str(i).strip().lower()] = str(err.get("message") or err.get("category"))[:300]
         return found, failed
 
-    def _contact_ids(self, rows: pa.Table, result: BatchResult) -> dict[int, str]:
+    def _contact_ids(self, rows: pa.Table, result: BatchResult, create: bool) -> dict[int, str]:
         """Row position -> contact id for the rows to put in the list; the rest rejected or skipped."""
         emails = self._emails(rows)
-        if self.settings.create_profiles:
+        if create:
             found = self._upsert(rows, emails, result)
         else:
             # No batch update by id here, so mapped fields are not written in this mode: an
@@ -319,7 +319,8 @@ class HubSpotDestination(BatchDestination[HubSpotSettings]):
     def add(self, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult:
         result = BatchResult()
         # Contacts are always resolved afresh: a snapshot's id may belong to a since-deleted contact.
-        ids = self._contact_ids(rows, result)
+        create = self.settings.create_profiles if ctx.create_profiles is None else ctx.create_profiles
+        ids = self._contact_ids(rows, result, create)
         missing = self._memberships(audience_id, "add", list(dict.fromkeys(ids.values())))
         for i, cid in ids.items():
             if cid in missing:  # deleted between the upsert and the membership call

@@ -33,6 +33,7 @@ class MetaCustomAudiences(DestinationType):
     name = "meta_custom_audiences"
     settings_model = MetaSettings
     kind_tag = "meta"
+    client = "audience_pipelines.destinations.meta_custom_audiences.client:MetaCustomAudiencesDestination"
     summary = "Meta Custom Audiences (hashed identifiers; usersreplace sessions for full resends)"
 
     @classmethod
@@ -47,9 +48,3 @@ class MetaCustomAudiences(DestinationType):
     @classmethod
     def account(cls, settings: MetaSettings) -> str:
         return f"act_{settings.ad_account_id.removeprefix('act_')}"
-
-    @classmethod
-    def open(cls, settings: MetaSettings):
-        from audience_pipelines.destinations.meta_custom_audiences.client import MetaCustomAudiencesDestination
-
-        return MetaCustomAudiencesDestination(settings)

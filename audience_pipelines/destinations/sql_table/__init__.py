@@ -19,6 +19,7 @@ class SqlTable(DestinationType):
     name = "sql_table"
     settings_model = SqlTableSettings
     kind_tag = "sql"
+    client = "audience_pipelines.destinations.sql_table.client:SqlTableDestination"
     summary = "rows keyed by (audience, key) in a table of any SQLAlchemy database"
 
     @classmethod
@@ -28,9 +29,3 @@ class SqlTable(DestinationType):
     @classmethod
     def account(cls, settings: SqlTableSettings) -> str:
         return f"{settings.db_schema or ''}.{settings.table}"
-
-    @classmethod
-    def open(cls, settings: SqlTableSettings):
-        from audience_pipelines.destinations.sql_table.client import SqlTableDestination
-
-        return SqlTableDestination(settings)

@@ -24,6 +24,7 @@ class Webhook(DestinationType):
     name = "webhook"
     settings_model = WebhookSettings
     kind_tag = "webhook"
+    client = "audience_pipelines.destinations.webhook.client:WebhookDestination"
     summary = "signed JSON batches with an idempotency key, per-row results optional"
 
     @classmethod
@@ -34,9 +35,3 @@ class Webhook(DestinationType):
     @classmethod
     def account(cls, settings: WebhookSettings) -> str:
         return "webhook"  # the URL is a secret; names are ids here, so one book serves all
-
-    @classmethod
-    def open(cls, settings: WebhookSettings):
-        from audience_pipelines.destinations.webhook.client import WebhookDestination
-
-        return WebhookDestination(settings)
