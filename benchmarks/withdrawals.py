@@ -24,7 +24,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from audience_pipelines.destinations import Target  # noqa: E402
+from audience_pipelines.contract import Target  # noqa: E402
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncSpec, run_sync  # noqa: E402
 from audience_pipelines.engine.payload import Payload  # noqa: E402
 from audience_pipelines.engine.sync import _withdrawals  # noqa: E402
