@@ -484,13 +484,18 @@ def test_full_resend_of_a_mirror_sync_replaces_the_audience_in_one_session(meta,
     assert store.read_session() is None and set(store.read()["key"].to_pylist()) == set(simple(4, start=2))
 
 
-def test_a_run_killed_mid_replace_is_carried_on_by_the_next_run(meta, store):
+def _killed_mid_replace(meta, store) -> str:
+    """Six members, then a full resend killed after its first replace batch; the audience's id."""
     run(meta, store, table(simple(6)), "r1")
-    aid = meta.audience_id_by_name("vip")
     dest = _DiesMidReplace(MetaSettings(ad_account_id="1234", access_token=TOKEN, base_url=meta.url),
                            sleep=lambda s: None, after=1)
     with pytest.raises(Crash):
         run(meta, store, table(simple(6)), "r2", dest=dest, full=True, batch_size=2)
+    return meta.audience_id_by_name("vip")
+
+
+def test_a_run_killed_mid_replace_is_carried_on_by_the_next_run(meta, store):
+    aid = _killed_mid_replace(meta, store)
     # Half-replaced at Meta: only the first batch is there. The journal says so.
     assert len(meta.members(aid)) == 2 and store.read_session()["state"]["kind"] == "replace"
     result = run(meta, store, table(simple(6)), "r3", batch_size=2)  # a plain diff run
@@ -501,12 +506,7 @@ def test_a_run_killed_mid_replace_is_carried_on_by_the_next_run(meta, store):
 
 
 def test_a_replace_meta_ended_before_it_was_closed_is_redone_in_a_new_session(meta, store):
-    run(meta, store, table(simple(6)), "r1")
-    aid = meta.audience_id_by_name("vip")
-    dest = _DiesMidReplace(MetaSettings(ad_account_id="1234", access_token=TOKEN, base_url=meta.url),
-                           sleep=lambda s: None, after=1)
-    with pytest.raises(Crash):
-        run(meta, store, table(simple(6)), "r2", dest=dest, full=True, batch_size=2)
+    aid = _killed_mid_replace(meta, store)
     meta.expire_sessions(aid)  # Meta's 90 minutes passed
     assert len(meta.members(aid)) == 2
     result = run(meta, store, table(simple(6)), "r3", batch_size=2)
@@ -521,3 +521,12 @@ def test_additive_full_resend_never_replaces(meta, store):
     result = run(meta, store, table(simple(2)), "r2", full=True, mode="additive")
     assert not result.replaced and replace_requests(meta) == []
     assert meta.members(aid) == simple_rows(simple(4))
+
+
+def test_a_replace_left_open_stays_journalled_when_the_sync_no_longer_replaces(meta, store):
+    aid = _killed_mid_replace(meta, store)
+    # The sync became additive: this run cannot carry the replace on, so it must not forget it.
+    run(meta, store, table(simple(6)), "r3", mode="additive")
+    assert store.read_session()["state"]["kind"] == "replace"
+    result = run(meta, store, table(simple(6)), "r4", batch_size=2)  # mirror again: the replace is finished
+    assert result.replaced and meta.members(aid) == simple_rows(simple(6)) and store.read_session() is None

@@ -248,9 +248,11 @@ def run_sync(
                     "resent": result.resent, "failed": result.failed},
         ))
         store.write_pending(_unanswered(journal, ops, outcome.answered))
+        # Settled, unless it is a replace cut short, or one left open earlier that this run did not
+        # carry on (the sync's mode changed): those stay journalled for the next run.
         if outcome.finish is not None and outcome.finish.status != "unknown" and not (
-                replace and outcome.error is not None):
-            store.write_session(None)  # settled; a replace cut short stays journalled for the next run
+                replace and outcome.error is not None) and not (replace_again and not replace):
+            store.write_session(None)
         result.snapshot_rows = store.manifest().rows
         if outcome.finish is not None and outcome.finish.status == "unknown" and outcome.error is None:
             notes.append(f"the destination has not finished applying this run's changes "
