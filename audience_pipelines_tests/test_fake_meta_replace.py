@@ -1,32 +1,16 @@
 """FakeMeta's POST /{id}/usersreplace sessions and GET /{id}/sessions behave as Meta documents."""
 
-import hashlib
 import time
 
 import httpx
 import pytest
 
 from audience_pipelines_tests.fakes import FakeMeta
-
-
-def h(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
+from audience_pipelines_tests.test_fakes import graph, h, meta  # noqa: F401 - the same fake and client fixtures
 
 
 def rows(*names) -> set:
     return {frozenset({("EMAIL", h(n))}) for n in names}
-
-
-@pytest.fixture
-def meta():
-    with FakeMeta() as server:
-        yield server
-
-
-@pytest.fixture
-def graph(meta):
-    with httpx.Client(base_url=meta.url, params={"access_token": "test-token"}) as client:
-        yield client
 
 
 @pytest.fixture

@@ -128,6 +128,17 @@ def _err(kind: str, code: str, message: str | None = None, path=None, details=No
     return e
 
 
+def _operations(req: Request, body: dict) -> list:
+    """A mutate request's operations, which Google requires to be a non-empty list."""
+    ops = body.get("operations")
+    if not isinstance(ops, list) or not ops:
+        raise AdsError(400, [_err("requestError", "OPERATION_REQUIRED",
+                                  "Mutate operation should have either create, update, or "
+                                  "remove specified.", [("operations", None)])])
+    req.notes["n_operations"] = len(ops)
+    return ops
+
+
 def _path_text(err: dict) -> str:
     elems = err.get("location", {}).get("fieldPathElements", [])
     return ".".join(e["fieldName"] + (f"[{e['index']}]" if "index" in e else "") for e in elems)
@@ -526,12 +537,7 @@ class FakeGoogleAds(FakeServer):
                 "crmBasedUserList": crm}
 
     def _mutate_lists(self, req: Request, body: dict) -> dict:
-        ops = body.get("operations")
-        if not isinstance(ops, list) or not ops:
-            raise AdsError(400, [_err("requestError", "OPERATION_REQUIRED",
-                                      "Mutate operation should have either create, update, or "
-                                      "remove specified.", [("operations", None)])])
-        req.notes["n_operations"] = len(ops)
+        ops = _operations(req, body)
         with self._lock:
             taken = {ul["name"] for ul in self._lists.values()}
             results, errors = [], []
@@ -669,12 +675,7 @@ class FakeGoogleAds(FakeServer):
         return self._jobs[jid]
 
     def _add_operations(self, req: Request, jid: str, body: dict) -> dict:
-        ops = body.get("operations")
-        if not isinstance(ops, list) or not ops:
-            raise AdsError(400, [_err("requestError", "OPERATION_REQUIRED",
-                                      "Mutate operation should have either create, update, or "
-                                      "remove specified.", [("operations", None)])])
-        req.notes["n_operations"] = len(ops)
+        ops = _operations(req, body)
         with self._lock:
             job = self._job(jid)
             if job["status"] != "PENDING":
