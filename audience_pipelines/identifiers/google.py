@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from audience_pipelines.identifiers.kinds import ADDRESS_KINDS
-from audience_pipelines.identifiers.hashing import as_string_array, is_sha256_hex, sha256_hex
+from audience_pipelines.identifiers.hashing import as_string_array, blank_to_null, hash_shaped, is_sha256_hex
 
 # Identifier kind -> the UserIdentifier field (or addressInfo subfield) that carries it.
 GOOGLE_FIELDS: dict[str, str] = {
@@ -32,17 +32,6 @@ HASHED_KINDS = frozenset({"email", "phone", "first_name", "last_name"})
 _NULL_STR = pa.scalar(None, pa.string())
 
 
-def _blank_to_null(values: pa.Array) -> pa.Array:
-    return pc.if_else(pc.equal(values, ""), _NULL_STR, values)
-
-
-def _hashed(values: pa.Array) -> pa.Array:
-    # A 64-hex value is a pre-hashed warehouse column: sent as it is, never hashed twice.
-    prehashed = is_sha256_hex(values)
-    clean = _blank_to_null(pc.utf8_lower(pc.utf8_trim_whitespace(values)))
-    return pc.if_else(prehashed, values, sha256_hex(pc.if_else(prehashed, _NULL_STR, clean)))
-
-
 def _country(values: pa.Array) -> pa.Array:
     # Sent in plain text, so a hashed value cannot be used; anything but ISO-2 letters is dropped.
     upper = pc.utf8_upper(pc.utf8_trim_whitespace(values))
@@ -50,7 +39,7 @@ def _country(values: pa.Array) -> pa.Array:
 
 
 def _plain(values: pa.Array) -> pa.Array:
-    return _blank_to_null(pc.utf8_trim_whitespace(values))
+    return blank_to_null(pc.utf8_trim_whitespace(values))
 
 
 def _zip(values: pa.Array) -> pa.Array:
@@ -65,7 +54,7 @@ def to_google(kind: str, canonical_values: pa.Array | pa.ChunkedArray) -> pa.Arr
         raise ValueError(f"Google Customer Match has no field for kind {kind!r}; kinds: {sorted(GOOGLE_FIELDS)}")
     values = as_string_array(canonical_values)
     if kind in HASHED_KINDS:
-        return _hashed(values)
+        return hash_shaped(values)
     if kind == "country":
         return _country(values)
     if kind == "zip":

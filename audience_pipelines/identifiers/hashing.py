@@ -45,3 +45,31 @@ def is_sha256_hex(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """True where the value is exactly 64 lowercase hex chars; False for nulls (usable as a mask)."""
     values = as_string_array(values)
     return pc.fill_null(pc.match_substring_regex(values, _SHA256_HEX), False)
+
+
+_NULL_STR = pa.scalar(None, pa.string())
+
+
+def blank_to_null(values: pa.Array) -> pa.Array:
+    return pc.if_else(pc.equal(values, ""), _NULL_STR, values)
+
+
+def trim_lower(values: pa.Array) -> pa.Array:
+    return pc.utf8_lower(pc.utf8_trim_whitespace(values))
+
+
+def phone_digits(values: pa.Array) -> pa.Array:
+    """E.164 "+14155552671" -> "14155552671": digits only, leading zeros dropped, country code kept."""
+    digits = pc.replace_substring_regex(values, r"[^0-9]", "")
+    return pc.replace_substring_regex(digits, r"^0+", "")
+
+
+def hash_shaped(values: pa.Array | pa.ChunkedArray, shape=trim_lower) -> pa.Array:
+    """SHA-256 hex of `shape(value)`; a value already 64 lowercase hex passes through unhashed.
+
+    A pre-hashed warehouse column is never hashed twice; a value that shapes to "" becomes null.
+    """
+    values = as_string_array(values)
+    prehashed = is_sha256_hex(values)
+    shaped = blank_to_null(shape(pc.if_else(prehashed, _NULL_STR, values)))
+    return pc.if_else(prehashed, values, sha256_hex(shaped))

@@ -12,20 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from audience_pipelines.identifiers.kinds import META_FIELDS
-from audience_pipelines.identifiers.hashing import as_string_array, is_sha256_hex, sha256_hex
+from audience_pipelines.identifiers.hashing import as_string_array, hash_shaped, phone_digits, trim_lower
 
-
-_NULL_STR = pa.scalar(None, pa.string())
-
-
-def _clean(v: pa.Array) -> pa.Array:
-    return pc.utf8_lower(pc.utf8_trim_whitespace(v))
-
-
-def _phone(v: pa.Array) -> pa.Array:
-    # E.164 "+14155552671" -> "14155552671": digits only, country code kept.
-    digits = pc.replace_substring_regex(v, r"[^0-9]", "")
-    return pc.replace_substring_regex(digits, r"^0+", "")
+_clean = trim_lower
 
 
 def _name(v: pa.Array) -> pa.Array:
@@ -45,7 +34,7 @@ def _zip(v: pa.Array) -> pa.Array:
 
 _SHAPERS = {
     "email": _clean,
-    "phone": _phone,
+    "phone": phone_digits,
     "first_name": _name,
     "last_name": _name,
     "country": _clean,
@@ -70,7 +59,4 @@ def to_meta(kind: str, canonical_values: pa.Array | pa.ChunkedArray) -> pa.Array
         return pc.utf8_lower(values)
     if kind == "external_id":
         return values
-    prehashed = is_sha256_hex(values)
-    shaped = _SHAPERS[kind](pc.if_else(prehashed, _NULL_STR, values))
-    shaped = pc.if_else(pc.equal(shaped, ""), _NULL_STR, shaped)
-    return pc.if_else(prehashed, values, sha256_hex(shaped))
+    return hash_shaped(values, _SHAPERS[kind])

@@ -15,7 +15,6 @@ retried like a throttle.
 from __future__ import annotations
 
 import re
-import threading
 import time
 
 import httpx
@@ -27,11 +26,10 @@ from audience_pipelines.contract import (
 )
 from audience_pipelines.destinations.google_ads import MAX_IDENTIFIERS_PER_REQUEST, GoogleAds, GoogleAdsSettings
 from audience_pipelines.destinations.http import HttpClient
+from audience_pipelines.destinations.oauth import Redactor, RefreshingToken
 from audience_pipelines.identifiers.google import ADDRESS_KINDS, GOOGLE_FIELDS, to_google
 
 DESCRIPTION = "Managed by audience_pipelines"
-# Renew an access token this long before Google says it expires.
-TOKEN_MARGIN_S = 60.0
 DEVELOPER_TOKEN_CODES = frozenset({"DEVELOPER_TOKEN_INVALID", "DEVELOPER_TOKEN_PARAMETER_MISSING",
                                    "DEVELOPER_TOKEN_NOT_APPROVED", "DEVELOPER_TOKEN_PROHIBITED",
                                    "DEVELOPER_TOKEN_NOT_ON_ALLOWLIST"})
@@ -118,26 +116,17 @@ class GoogleAdsDestination(Destination[GoogleAdsSettings]):
     def __init__(self, settings: GoogleAdsSettings, sleep=time.sleep, clock=time.monotonic):
         super().__init__(settings)
         self._developer_token = settings.developer_token.value()
-        self._client_secret = settings.client_secret.value()
-        self._refresh_token = settings.refresh_token.value()
         self.sleep, self.clock = sleep, clock
-        self._access_token: str | None = None
-        self._expires_at = 0.0
-        self._token_lock = threading.Lock()
+        self.oauth = RefreshingToken(
+            name="google_ads", token_url=settings.token_url, refresh_token=settings.refresh_token.value(),
+            client_id=settings.client_id, client_secret=settings.client_secret.value(),
+            endpoint="Google's token endpoint", timeout_s=settings.timeout_s, sleep=sleep, clock=clock)
+        self._redact = Redactor(self._developer_token, self.oauth.redact)
         base = f"{settings.base_url.rstrip('/')}/{settings.api_version.strip('/')}/"
         self.http = HttpClient(base, timeout_s=settings.timeout_s, throttle_delay=throttle_delay,
                                describe_error=self._describe, name="google_ads", sleep=sleep, clock=clock)
-        # The token endpoint is a full URL of its own; HttpClient never shows it in messages.
-        self.oauth = HttpClient("", timeout_s=settings.timeout_s, describe_error=self._describe_oauth,
-                                name="google_ads token endpoint", sleep=sleep, clock=clock)
 
     # -- secrets and error text ---------------------------------------------------------
-    def _redact(self, text: str) -> str:
-        for secret in (self._developer_token, self._client_secret, self._refresh_token, self._access_token):
-            if secret:
-                text = text.replace(secret, "[redacted]")
-        return text
-
     def _describe(self, response: httpx.Response) -> str | None:
         """Google's error codes and messages: the HTTP status alone (400 for most) does not say why."""
         err, errors = _error_body(response)
@@ -153,48 +142,8 @@ class GoogleAdsDestination(Destination[GoogleAdsSettings]):
             text = f"{err.get('status', '')}: {err.get('message', '')}"
         return self._redact(f"Google Ads {text}")
 
-    def _describe_oauth(self, response: httpx.Response) -> str | None:
-        try:
-            body = response.json()
-        except ValueError:
-            return None
-        if not isinstance(body, dict) or "error" not in body:
-            return None
-        return self._redact(f"{body.get('error')}: {body.get('error_description', '')}")
-
-    # -- OAuth -----------------------------------------------------------------------------
-    def _token(self) -> str:
-        with self._token_lock:
-            if self._access_token is None or self.clock() >= self._expires_at:
-                self._exchange()
-            return self._access_token
-
-    def _exchange(self) -> None:
-        form = {"grant_type": "refresh_token", "client_id": self.settings.client_id,
-                "client_secret": self._client_secret, "refresh_token": self._refresh_token}
-        response = self.oauth.request("POST", self.settings.token_url, data=form)
-        if response.status_code >= 400:
-            described = self._describe_oauth(response) or f"HTTP {response.status_code}"
-            try:
-                error = response.json().get("error")
-            except (ValueError, AttributeError):
-                error = None
-            if error == "invalid_grant":
-                setting = "refresh_token"
-            elif error in ("invalid_client", "unauthorized_client"):
-                setting = "client_id/client_secret"
-            else:
-                raise TerminalError(f"google_ads: the token endpoint refused the exchange: {described}",
-                                    status=response.status_code)
-            raise CredentialsError(f"google_ads: the setting '{setting}' was refused by Google's token endpoint "
-                                   f"({described})", status=response.status_code)
-        body = response.json()
-        self._access_token = str(body["access_token"])
-        lifetime = float(body.get("expires_in") or 3600)
-        self._expires_at = self.clock() + max(0.0, lifetime - TOKEN_MARGIN_S)
-
     def _headers(self) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self._token()}", "developer-token": self._developer_token}
+        headers = {"Authorization": f"Bearer {self.oauth.get()}", "developer-token": self._developer_token}
         if self.settings.login_customer_id:
             headers["login-customer-id"] = self.settings.login_customer_id
         return headers
@@ -208,8 +157,7 @@ class GoogleAdsDestination(Destination[GoogleAdsSettings]):
                 return response.json() if response.content else {}
             _, errors = _error_body(response)
             if attempt == 1 and response.status_code == 401 and _codes(errors) & ACCESS_TOKEN_CODES:
-                with self._token_lock:
-                    self._access_token = None
+                self.oauth.invalidate()
                 continue
             raise self._error(response, path, errors)
         raise AssertionError("unreachable")
@@ -257,7 +205,7 @@ class GoogleAdsDestination(Destination[GoogleAdsSettings]):
     # -- audiences ---------------------------------------------------------------------------
     def check_access(self) -> None:
         # The exchange and a cheap search: bad credentials fail before anything is created or sent.
-        self._token()
+        self.oauth.get()
         for _ in self._search("SELECT user_list.id FROM user_list LIMIT 1"):
             break
 
