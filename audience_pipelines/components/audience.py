@@ -23,12 +23,20 @@ class Audience(dg.Component, dg.Model, dg.Resolvable):
     """A set of members of an entity: SQL, or a filter over the entity's table."""
 
     name: Text
+    # A stable identity that outlives renames (default: the name); one-click syncs are named after it.
+    id: Text | None = None
     entity: Text
     sql: Text | None = None
     filter: Text | None = None
     description: Text | None = None
     schedule: ScheduleChoice = MANUAL
     max_bad_key_share: float = 0.01  # key_quality check fails above this share of set-aside rows
+    # One-click activation: a sync with the default settings to each of these ad-platform destinations.
+    activate: list[Text] = []
+
+    @property
+    def stable_id(self) -> str:
+        return self.id or self.name
 
     def query(self, entity: Entity) -> str:
         if self.sql:
@@ -104,4 +112,7 @@ class Audience(dg.Component, dg.Model, dg.Resolvable):
 
         schedules = build_schedule(f"audience_{self.name}_schedule", self.schedule, key,
                                    f"audience '{self.name}'", running=schedules_running(context))
-        return dg.Definitions(assets=[_audience], schedules=schedules)
+        from audience_pipelines.components.sync import activated_syncs  # the sync component imports this one
+
+        return dg.Definitions.merge(dg.Definitions(assets=[_audience], schedules=schedules),
+                                    *(sync.build_defs(context) for sync in activated_syncs(context, self, entity)))

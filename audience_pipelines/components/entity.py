@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 import dagster as dg
 
 from audience_pipelines.components.catalog import find, where
@@ -13,6 +15,8 @@ class Entity(dg.Component, dg.Model, dg.Resolvable):
     """A table of people (or accounts): its key, identifier columns and attribute columns."""
 
     name: Text
+    # What a record is: one-click activation sends only people to ad platforms.
+    kind: Literal["person", "company", "other"] | None = None
     table: Text
     key: Text
     warehouse: Text = "main"

@@ -5,9 +5,12 @@ from typing import Literal
 import dagster as dg
 import pyarrow.parquet as pq
 
+from pydantic import PrivateAttr
+
 from audience_pipelines.components.audience import Audience, audience_key
 from audience_pipelines.components.catalog import find, where
 from audience_pipelines.components.destination import Destination
+from audience_pipelines.components.entity import Entity
 from audience_pipelines.components.schedules import (
     MANUAL, ON_AUDIENCE_UPDATE, ScheduleChoice, build_schedule, cron_of, describe, human, runs_per_four_weeks,
 )
@@ -19,10 +22,12 @@ from audience_pipelines.engine import (
 )
 from audience_pipelines.engine.history import RunRecord
 from audience_pipelines.engine.sync import MODES, REMOVALS, RUN_KIND_TEXT, planned_run_kind
+from audience_pipelines.engine.targets import run_by_column
 from audience_pipelines.resources import AudienceStorage
 
 FAILURE_RATE_CHECK = "failure_rate_below_threshold"
 MASS_REMOVAL_CHECK = "mass_removal_guard"
+MATCH_RATE_CHECK = "match_rate_steady"
 BACKFILL_TAG = "dagster/backfill"
 
 
@@ -33,6 +38,7 @@ class ScheduleWarning(UserWarning):
 class TargetConfig(dg.Model, dg.Resolvable):
     id: Text | None = None  # `id: 0123` loads as "0123"
     name: Text | None = None
+    name_column: Text | None = None  # one destination audience per value of this column
 
 
 class SyncRunConfig(dg.Config):
@@ -84,9 +90,11 @@ def result_metadata(r: SyncResult, error: str | None = None) -> dict:
         "audience_size": dg.MetadataValue.int(r.audience_size) if r.audience_size is not None
         else dg.MetadataValue.null(),
         "match_rate": dg.MetadataValue.float(r.match_rate) if r.match_rate is not None else dg.MetadataValue.null(),
+        "match_rate_basis": r.match_rate_basis or dg.MetadataValue.null(),
         "rows_skipped_no_profile": r.skipped_no_profile,
         "skipped_no_profile_sample": dg.MetadataValue.json(r.skipped_sample),
         "replaced_audience": r.replaced,
+        **({"destination_audiences": dg.MetadataValue.json(r.per_audience)} if r.per_audience else {}),
         "invalid_identifiers_not_sent": dg.MetadataValue.json(invalid_identifiers_not_sent(r)),
         "destination_stats": dg.MetadataValue.json(r.destination_stats),
         "errors_sample": dg.MetadataValue.json(r.errors_sample),
@@ -96,6 +104,27 @@ def result_metadata(r: SyncResult, error: str | None = None) -> dict:
         "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in r.notes)) if r.notes else dg.MetadataValue.null(),
         **({"error": dg.MetadataValue.md(error)} if error else {}),
     }
+
+
+def last_match_rate(context: dg.AssetExecutionContext, key: dg.AssetKey) -> float | None:
+    """The match rate the sync's last materialization recorded, if any."""
+    event = context.instance.get_latest_materialization_event(key)
+    value = event.asset_materialization.metadata.get("match_rate") if event and event.asset_materialization else None
+    return value.value if isinstance(value, dg.FloatMetadataValue) else None
+
+
+def match_rate_check(now: float | None, before: float | None, max_drop: float) -> dg.AssetCheckResult:
+    """A warning when the match rate fell by more than `max_drop` of the last run's."""
+    drop = (before - now) / before if now is not None and before else None
+    return dg.AssetCheckResult(
+        check_name=MATCH_RATE_CHECK, passed=drop is None or drop <= max_drop, severity=dg.AssetCheckSeverity.WARN,
+        description=None if drop is None or drop <= max_drop else
+        f"match rate fell from {before:.1%} to {now:.1%} ({drop:.0%} of the last run's; threshold {max_drop:.0%})",
+        metadata={"match_rate": dg.MetadataValue.float(now) if now is not None else dg.MetadataValue.null(),
+                  "previous_match_rate": dg.MetadataValue.float(before) if before is not None
+                  else dg.MetadataValue.null(),
+                  "drop": dg.MetadataValue.float(drop) if drop is not None else dg.MetadataValue.null(),
+                  "threshold": max_drop})
 
 
 class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
@@ -112,11 +141,14 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
     schedule: ScheduleChoice = MANUAL
     max_failure_rate: float = 0.05
     max_removal_share: float = 0.5
+    # Warn when the match rate falls by more than this share of the last run's.
+    max_match_rate_drop: float = 0.2
     default_region: Text | None = None  # for phone numbers written without a country code
     phone_region_column: Text | None = None  # or: a column holding each member's country
     batch_size: int | None = None
     # Members with no profile on a CRM: create one (true) or skip and count them (false); default: the destination's.
     create_profiles: bool | None = None
+    _one_click: bool = PrivateAttr(default=False)
 
     def target_config(self) -> TargetConfig:
         """The destination audience: as declared, or one named like the audience."""
@@ -157,8 +189,11 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             raise ConfigError(f"{at}: {owner}, key 'create_profiles': destination type '{destination.type}' needs no "
                               "profile before membership; remove the key")
         target = self.target_config()
-        if bool(target.id) == bool(target.name):
-            raise ConfigError(f"{at}: {owner}, key 'target': give exactly one of 'id' or 'name'")
+        if sum(bool(v) for v in (target.id, target.name, target.name_column)) != 1:
+            raise ConfigError(f"{at}: {owner}, key 'target': give exactly one of 'id', 'name' or 'name_column'")
+        if target.name_column and target.name_column not in columns:
+            raise ConfigError(f"{at}: {owner}, key 'target': name_column '{target.name_column}' is not a column of "
+                              f"audience '{audience.name}' (entity '{entity.name}' has {entity.columns})")
         # A sync withdraws what it no longer sends; another sync's members in the same
         # destination audience would be withdrawn with them.
         for other in context.component_tree.get_all_components(of_type=AudienceSync):
@@ -169,13 +204,22 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                     f"{at}: {owner}, key 'target': sync '{other.name}' also writes destination "
                     f"'{self.destination}' audience {shown}; each would withdraw the other's members. "
                     "Give each sync a target of its own.")
+        if not self._one_click and target.name:
+            for other in context.component_tree.get_all_components(of_type=Audience):
+                if other.name == target.name != self.audience and self.destination in other.activate:
+                    raise ConfigError(
+                        f"{at}: {owner}, key 'target': audience '{other.name}' is activated on destination "
+                        f"'{self.destination}', which writes the audience named '{target.name}' there too; each "
+                        "would withdraw the other's members. Give this sync a target of its own.")
         try:
             spec = SyncSpec(
                 name=self.name, audience=audience.name, destination=destination.name,
-                target=Target(id=target.id, name=target.name), identifiers=identifiers, fields=dict(self.fields),
+                target=Target(id=target.id, name=target.name), target_column=target.name_column,
+                identifiers=identifiers, fields=dict(self.fields),
                 mode=self.mode, removal=self.removal, max_removal_share=self.max_removal_share,
                 batch_size=self.batch_size, default_region=self.default_region,
                 region_column=self.phone_region_column, create_profiles=self.create_profiles,
+                keep_target=self._one_click,
             )
         except ConfigError as exc:
             raise ConfigError(f"{at}: {exc}") from None
@@ -187,9 +231,13 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             f"Syncs audience `{spec.audience}` to destination `{destination.name}` ({destination.type}).",
             "",
         ]
+        if self._one_click:
+            lines += [f"One-click activation (`activate:` on audience `{spec.audience}`) with the default settings; "
+                      "a sync of the same audience and destination in YAML replaces it.", ""]
         if warning:
             lines += [f"**Warning:** {warning}", ""]
-        lines.append(f"- target: destination audience {spec.target.describe()}")
+        lines.append(f"- target: one destination audience per value of column `{spec.target_column}`, named by "
+                     "the value" if spec.target_column else f"- target: destination audience {spec.target.describe()}")
         if spec.mode == "mirror":
             lines.append("- mode: mirror (adds, updates and removes)" if spec.sends_removes else
                          "- mode: mirror with removal: do_nothing (adds and updates; departed members stay)")
@@ -236,6 +284,9 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
         key = sync_key(self.name)
         dest_key = destination.resource_key
         max_failure_rate = self.max_failure_rate
+        max_drop = self.max_match_rate_drop
+        caps = configured.capabilities
+        reports_match = caps.reports_match_rate or (caps.reports_size and caps.hashes_identifiers)
 
         def _run(context: dg.AssetExecutionContext, storage: AudienceStorage, config: SyncRunConfig,
                  full: bool) -> SyncResult:
@@ -248,11 +299,14 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             context.log.info(f"sync '{spec.name}': {members.num_rows:,} members, "
                              f"{RUN_KIND_TEXT[planned_run_kind(store, full)]}")
             target = getattr(context.resources, dest_key).open(storage.root)
+            options = RunOptions(
+                run_id=context.run.run_id, full_resync=full, allow_mass_removal=config.allow_mass_removal,
+                progress=context.log.info, allow_mass_removal_hint=allow_mass_removal_hint(spec.name),
+                registry=storage.audience_registry())
             try:
-                return run_sync(spec, members, target, store, RunOptions(
-                    run_id=context.run.run_id, full_resync=full, allow_mass_removal=config.allow_mass_removal,
-                    progress=context.log.info, allow_mass_removal_hint=allow_mass_removal_hint(spec.name),
-                    registry=storage.audience_registry()))
+                if spec.target_column:
+                    return run_by_column(spec, members, target, store, options)[0]
+                return run_sync(spec, members, target, store, options)
             finally:
                 target.close()
 
@@ -267,6 +321,9 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                 dg.AssetCheckSpec(MASS_REMOVAL_CHECK, asset=key,
                                   description=f"A run removes at most {spec.max_removal_share:.0%} of the members "
                                               "the destination holds, unless allowed"),
+                *([dg.AssetCheckSpec(MATCH_RATE_CHECK, asset=key,
+                                     description=f"The match rate falls by at most {max_drop:.0%} of the last "
+                                                 "run's (a warning)")] if reports_match else []),
             ],
             tags={"audience/destination": destination.name},
             # One pool per sync (or per destination, to share its rate limit): with the pools'
@@ -313,6 +370,8 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                     raise dg.Failure(description=message, metadata=failed_metadata) from exc
                 raise
             storage.record_run(RunRecord.from_result(result, started, dt.datetime.now(dt.timezone.utc)))
+            match_check = [match_rate_check(result.match_rate, last_match_rate(context, key), max_drop)] \
+                if reports_match else []
             return dg.MaterializeResult(
                 metadata=result_metadata(result),
                 check_results=[
@@ -325,6 +384,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                         check_name=MASS_REMOVAL_CHECK, passed=True,
                         metadata={"removed": result.removed, "held": result.held_before,
                                   "limit": spec.max_removal_share, "allowed_this_run": config.allow_mass_removal}),
+                    *match_check,
                 ],
             )
 
@@ -340,6 +400,48 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                         "stop it to pause the sync",
         )] if self.schedule == ON_AUDIENCE_UPDATE else []
         return dg.Definitions(assets=[_sync], schedules=schedules, sensors=sensors)
+
+
+ONE_CLICK_SCHEDULE = "daily"
+
+
+def activation_sync_name(audience_id: str, destination: str) -> str:
+    return f"{audience_id}_to_{destination}"
+
+
+def activated_syncs(context: dg.ComponentLoadContext, audience: Audience, entity: Entity) -> list[AudienceSync]:
+    """The syncs an audience's `activate:` list switches on, each with the default settings.
+
+    A sync declared in YAML for the same audience and destination takes the place of the default one.
+    Dropping a destination from the list removes its sync, and nothing from the platform.
+    """
+    if not audience.activate:
+        return []
+    at, owner = where(context), f"audience '{audience.name}'"
+    if entity.kind != "person":
+        declared = f"is declared `kind: {entity.kind}`" if entity.kind else "declares no kind"
+        raise ConfigError(f"{at}: {owner}, key 'activate': entity '{entity.name}' {declared}; one-click activation "
+                          "sends people to ad platforms, so the entity must be declared `kind: person`")
+    declared = context.component_tree.get_all_components(of_type=AudienceSync)
+    explicit = {(s.audience, s.destination) for s in declared}
+    names = {s.name for s in declared}
+    syncs = []
+    for name in dict.fromkeys(audience.activate):
+        destination = find(context, Destination, name, owner=owner, key="activate")
+        if not destination.configured(context).capabilities.hashes_identifiers:
+            raise ConfigError(f"{at}: {owner}, key 'activate': destination '{name}' ({destination.type}) is not an "
+                              "ad platform; one-click activation is for ad platforms. Declare a sync for it instead.")
+        if (audience.name, name) in explicit:
+            continue
+        sync_name = activation_sync_name(audience.stable_id, name)
+        if sync_name in names:
+            raise ConfigError(f"{at}: {owner}, key 'activate': a sync named '{sync_name}' is declared for another "
+                              "audience or destination; rename that sync or give this audience an `id`")
+        sync = AudienceSync(name=sync_name, audience=audience.name,
+                            destination=name, mode="mirror", schedule=ONE_CLICK_SCHEDULE)
+        sync._one_click = True
+        syncs.append(sync)
+    return syncs
 
 
 def _mapping(mapping: dict[str, str]) -> str:

@@ -47,6 +47,11 @@ class SyncSpec:
     default_region: str | None = None
     region_column: str | None = None  # per-row country for phones written without one
     create_profiles: bool | None = None  # members with no profile: create it, or skip them (None: destination's)
+    # Keep writing to the audience opened at the first run even when the target's name changes
+    # (one-click syncs: the destination audience keeps its name when the audience is renamed).
+    keep_target: bool = False
+    # The destination audience is named by this membership column, one per value (engine.targets).
+    target_column: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -113,6 +118,8 @@ class SyncResult:
     rejected_path: str | None = None
     audience_size: int | None = None
     match_rate: float | None = None
+    match_rate_basis: str | None = None
+    per_audience: dict[str, dict] = field(default_factory=dict)  # a column-named target: each audience's counts
     replaced: bool = False  # sent as one replace session (departed members dropped when it closed)
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -163,19 +170,24 @@ def run_sync(
     options: RunOptions,
 ) -> SyncResult:
     """Run one sync. Raises MassRemovalBlocked before sending, SyncAborted after a partial commit."""
+    if spec.target_column:
+        raise ConfigError(f"sync '{spec.name}': a target named by a column runs through engine.targets.run_by_column")
     started = time.monotonic()
     with store.lock(options.run_id):
         payload = build_payload(spec.name, members, destination, spec.identifiers, spec.fields,
                                 spec.default_region, spec.region_column)
         notes: list[str] = []
         registry = options.registry or AudienceRegistry(store.root / REGISTRY_DIR)
+        manifest = store.manifest()
+        target = spec.target
+        if spec.keep_target and manifest and manifest.destination_audience_id:
+            target = Target(id=manifest.destination_audience_id)
         try:
-            audience_id = open_audience(destination, spec.target, registry, spec.name, options.run_id, notes)
+            audience_id = open_audience(destination, target, registry, spec.name, options.run_id, notes)
         except DestinationError as exc:  # nothing was sent: every failure here stops the run
             kind = type(exc) if isinstance(exc, TerminalError) else TerminalError
             raise kind(f"sync '{spec.name}': could not open the destination audience "
-                       f"({spec.target.describe()}): {exc}", status=exc.status) from exc
-        manifest = store.manifest()
+                       f"({target.describe()}): {exc}", status=exc.status) from exc
         old = None
         audience_changed = bool(manifest and manifest.snapshot_file
                                 and manifest.destination_audience_id != audience_id)
@@ -272,6 +284,12 @@ def run_sync(
             notes.append(f"could not read the audience size back: {type(exc).__name__}")
         if stats is not None:
             result.audience_size, result.match_rate = stats.size, stats.match_rate
+            result.match_rate_basis = "reported by the platform" if stats.match_rate is not None else None
+            if stats.match_rate is None and stats.size is not None and result.snapshot_rows \
+                    and destination.capabilities.hashes_identifiers:
+                # Matched people over people sent: the size an ad platform reports counts matches only.
+                result.match_rate = min(1.0, stats.size / result.snapshot_rows)
+                result.match_rate_basis = "audience size / members held"
     result.duration_s = time.monotonic() - started
     return result
 

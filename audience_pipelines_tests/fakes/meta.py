@@ -113,6 +113,7 @@ class FakeMeta(FakeServer):
                  replace_window_s: float = REPLACE_WINDOW_S):
         super().__init__()
         self.access_token = access_token
+        self.match_share = 1.0  # share of uploaded people Meta reports as matched
         self.ad_account_id = str(ad_account_id).removeprefix("act_")
         self.api_version = api_version
         self._audiences: dict[str, dict] = {}  # insertion order = creation order = list order
@@ -302,7 +303,8 @@ class FakeMeta(FakeServer):
 
     def _view(self, aid: str, fields: str | None = None) -> dict:
         """All fields when `fields` is absent; else id + the named ones (unknown ignored)."""
-        n = len(self._members[aid])
+        # Meta counts the people it matched, not the rows uploaded.
+        n = int(len(self._members[aid]) * self.match_share)
         full = {**self._audiences[aid], "account_id": self.ad_account_id,
                 "approximate_count_lower_bound": n, "approximate_count_upper_bound": n,
                 "operation_status": {"code": 200, "description": "Normal"}}
