@@ -77,3 +77,46 @@ def test_members_with_no_value_are_set_aside_and_counted(tmp_path):
     assert combined.set_aside == 2 and combined.membership_rows == 3
     assert {s["key"] for s in combined.set_aside_sample} == {"b", "c"}
     assert all("column 'region' is empty" in s["reason"] for s in combined.set_aside_sample)
+
+
+def test_a_sync_to_meta_by_country_through_dagster(home, monkeypatch):
+    import dagster as dg
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from audience_pipelines_tests.dagster_helpers import materialize, metadata, project_defs
+    from audience_pipelines_tests.fakes import FakeMeta
+
+    yaml = """type: audience_pipelines.components.Destination
+attributes:
+  name: meta_ads
+  type: meta_custom_audiences
+  from_env: {access_token: META_ACCESS_TOKEN, base_url: META_BASE_URL}
+  settings: {ad_account_id: "777"}
+---
+type: audience_pipelines.components.AudienceSync
+attributes:
+  name: high_value_by_country
+  audience: high_value_customers
+  destination: meta_ads
+  target: {name_column: country}
+  identifiers: {email: email}
+"""
+    with FakeMeta(access_token="EAAB-by-country", ad_account_id="777") as meta:
+        monkeypatch.setenv("META_ACCESS_TOKEN", "EAAB-by-country")
+        monkeypatch.setenv("META_BASE_URL", meta.url)
+        with project_defs(extra={"by_country/defs.yaml": yaml}) as defs:
+            instance = dg.DagsterInstance.ephemeral()
+            first = materialize(defs, "audiences/high_value_customers", "syncs/high_value_by_country",
+                                instance=instance)
+            again = materialize(defs, "syncs/high_value_by_country", instance=instance)
+        m, m2 = metadata(first, "syncs/high_value_by_country"), metadata(again, "syncs/high_value_by_country")
+        members = pq.read_table(home / "audiences" / "high_value_customers" / "membership.parquet")
+        countries = members["country"].drop_null().unique().to_pylist()
+        names = sorted(a["name"] for a in meta.audiences.values())
+        assert names == sorted({c.strip() for c in countries if c.strip()})  # one audience per value, once
+        for country in names:
+            expected = pc.sum(pc.equal(pc.utf8_trim_whitespace(members["country"]), country)).as_py()
+            assert len(meta.members(meta.audience_id_by_name(country))) == expected
+        assert set(m["destination_audiences"]) == set(names)
+        assert (m2["rows_added"], m2["rows_removed"], m2["rows_updated"]) == (0, 0, 0)
