@@ -8,7 +8,7 @@ import pytest
 from audience_pipelines.contract import Target
 from audience_pipelines.engine import MassRemovalBlocked, RunOptions, SnapshotStore, SyncSpec
 from audience_pipelines.engine.audiences import AudienceRegistry
-from audience_pipelines.engine.targets import run_by_column
+from audience_pipelines.engine.targets import run_by_column, value_store
 from audience_pipelines_tests.memory_destination import MemoryJobDestination
 
 SPEC = SyncSpec(name="by_region", audience="vip", destination="mem", target=Target(),
@@ -115,8 +115,13 @@ attributes:
         countries = members["country"].drop_null().unique().to_pylist()
         names = sorted(a["name"] for a in meta.audiences.values())
         assert names == sorted({c.strip() for c in countries if c.strip()})  # one audience per value, once
+        store = SnapshotStore(home / "syncs", "high_value_by_country")
         for country in names:
-            expected = pc.sum(pc.equal(pc.utf8_trim_whitespace(members["country"]), country)).as_py()
-            assert len(meta.members(meta.audience_id_by_name(country))) == expected
+            rows = pc.sum(pc.equal(pc.utf8_trim_whitespace(members["country"]), country)).as_py()
+            held_rows = value_store(store, country).read()
+            assert held_rows.num_rows == m["destination_audiences"][country]["members"] <= rows
+            # Customers sharing an email are one person to Meta.
+            people = set(held_rows["EMAIL"].drop_null().to_pylist())
+            assert meta.member_values(meta.audience_id_by_name(country), "EMAIL") == people
         assert set(m["destination_audiences"]) == set(names)
         assert (m2["rows_added"], m2["rows_removed"], m2["rows_updated"]) == (0, 0, 0)
