@@ -6,7 +6,7 @@ Both the engine and the destinations depend on this package; neither imports the
 from audience_pipelines.contract.columns import KEY, KEY_HASH, RECORD_ID, ROW_HASH, sent_columns, without_engine_columns
 from audience_pipelines.contract.destination import (
     APPLIED, AudienceStats, BatchContext, BatchDestination, BatchResult, Capabilities, Destination, DestinationType,
-    Finish, Recovery, Session, SessionContext, Target,
+    Finish, MatchListSession, Recovery, Session, SessionContext, Target,
 )
 from audience_pipelines.contract.errors import (
     AudiencePipelinesError, ConfigError, CredentialsError, DestinationError, RowsRefused, TerminalError,
@@ -17,7 +17,8 @@ from audience_pipelines.contract.settings import DestinationSettings, EnvSecret,
 __all__ = [
     "APPLIED", "KEY", "KEY_HASH", "RECORD_ID", "ROW_HASH", "AudiencePipelinesError", "AudienceStats", "BatchContext",
     "BatchDestination", "BatchResult", "Capabilities", "ConfigError", "CredentialsError", "Destination",
-    "DestinationError", "DestinationSettings", "DestinationType", "EnvSecret", "Finish", "Recovery", "RowsRefused",
+    "DestinationError", "DestinationSettings", "DestinationType", "EnvSecret", "Finish", "MatchListSession", "Recovery",
+    "RowsRefused",
     "SecretInlineAllowed", "Session", "SessionContext", "Target", "TerminalError", "register",
     "registered", "sent_columns", "without_engine_columns",
 ]

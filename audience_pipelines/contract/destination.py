@@ -22,6 +22,7 @@ from typing import ClassVar, Generic, Literal, TypeVar
 
 import pyarrow as pa
 
+from audience_pipelines.contract.columns import KEY
 from audience_pipelines.contract.errors import TerminalError
 from audience_pipelines.contract.settings import DestinationSettings
 
@@ -47,6 +48,8 @@ class Capabilities:
     # Kinds that only identify a person together (Google's name and address); a row carrying only
     # part of such a group has no usable identifier and is set aside.
     identifier_groups: tuple[frozenset[str], ...] = ()
+    # Kinds sent beside an identifier but never enough alone (LinkedIn's plain-text names).
+    companion_kinds: frozenset[str] = frozenset()
     # Identifier kinds the platform matches a person on by themselves. A removal must
     # never carry a value of these that a current member still sends (it would take
     # that member out too). Empty: the platform matches rows by key.
@@ -265,6 +268,42 @@ class _BatchSession(Session):
         if operation == "update":
             return self.destination.update(self.audience_id, rows, previous, ctx)
         return self.destination.add(self.audience_id, rows, ctx)
+
+
+class MatchListSession(Session):
+    """A platform that adds and removes people by identifier, each batch answered at once.
+
+    An update withdraws the member's old identifier values, then adds the new ones (the platform
+    matches a person on any identifier, so adding first and withdrawing after could take the person
+    out again). A member whose old values were not withdrawn is not taken as updated: the next run
+    withdraws them again.
+    """
+
+    def __init__(self, destination: Destination, audience_id: str):
+        self.destination, self.audience_id = destination, audience_id
+
+    @abstractmethod
+    def add(self, rows: pa.Table, ctx: BatchContext) -> BatchResult: ...
+
+    @abstractmethod
+    def remove(self, rows: pa.Table, ctx: BatchContext) -> BatchResult: ...
+
+    def send(self, operation, rows, previous, ctx):
+        if operation == "remove":
+            return self.remove(rows, ctx)
+        if operation != "update" or previous is None or previous.num_rows == 0:
+            return self.add(rows, ctx)
+        withdrawn = self.remove(previous, ctx)
+        added = self.add(rows, ctx)
+        position = {k: i for i, k in enumerate(rows[KEY].to_pylist())}
+        old_keys = previous[KEY].to_pylist()
+        for i, reason in withdrawn.rejected.items():
+            added.rejected.setdefault(position[old_keys[i]], f"old values not withdrawn: {reason}")
+        added.unapplied += withdrawn.unapplied
+        added.unapplied_reason = added.unapplied_reason or withdrawn.unapplied_reason
+        for k, v in withdrawn.stats.items():
+            added.stats[k] = added.stats.get(k, 0) + v
+        return added
 
 
 class DestinationType(ABC):

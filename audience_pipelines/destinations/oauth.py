@@ -46,7 +46,7 @@ class RefreshingToken:
     def __init__(self, *, name: str, token_url: str, refresh_token: str, client_id: str,
                  client_secret: str | None, extra_form: dict[str, str] | None = None, basic_auth: bool = False,
                  settings: dict[str, str] | None = None, endpoint: str = "the token endpoint",
-                 timeout_s: float = 30.0,
+                 headers: dict[str, str] | None = None, timeout_s: float = 30.0,
                  sleep=time.sleep, clock=time.monotonic):
         self.name, self.token_url = name, token_url
         self._refresh_token, self._client_id, self._client_secret = refresh_token, client_id, client_secret
@@ -59,7 +59,7 @@ class RefreshingToken:
         self.clock = clock
         self.redact = Redactor(refresh_token, client_secret, lambda: self._access_token)
         # The token endpoint is a full URL of its own; HttpClient never shows it in messages.
-        self.http = HttpClient("", timeout_s=timeout_s, describe_error=self._describe,
+        self.http = HttpClient("", timeout_s=timeout_s, headers=headers, describe_error=self._describe,
                                name=f"{name} token endpoint", sleep=sleep, clock=clock)
 
     @property
@@ -83,9 +83,13 @@ class RefreshingToken:
             body = response.json()
         except ValueError:
             return None
-        if not isinstance(body, dict) or "error" not in body:
+        if not isinstance(body, dict):
             return None
-        return self.redact(f"{body.get('error')}: {body.get('error_description', '')}")
+        if "error" in body:
+            return self.redact(f"{body.get('error')}: {body.get('error_description', '')}")
+        if "message" in body:  # some platforms (Pinterest) answer {"code", "message"}
+            return self.redact(f"code {body.get('code')}: {body.get('message')}")
+        return None
 
     def _exchange(self) -> None:
         form = {"grant_type": "refresh_token", "refresh_token": self._refresh_token, **self._extra_form}

@@ -86,7 +86,8 @@ def build_payload(
         cols[name] = sent
         id_cols.append(name)
         valid[kind] = np.asarray(sent.is_valid(), dtype=bool)
-    usable = _usable(valid, destination.capabilities.identifier_groups, n)
+    caps = destination.capabilities
+    usable = _usable({k: m for k, m in valid.items() if k not in caps.companion_kinds}, caps.identifier_groups, n)
     field_cols = []
     for name, col in fields.items():
         values = members[col]

@@ -51,7 +51,8 @@ def _device_id(case: DeviceIdCase):
     return shape
 
 
-def to_reddit(kind: str, canonical_values: pa.Array | pa.ChunkedArray, device_id_case: DeviceIdCase = "keep") -> pa.Array:
+def to_reddit(kind: str, canonical_values: pa.Array | pa.ChunkedArray,
+              device_id_case: DeviceIdCase = "keep") -> pa.Array:
     """The hex digest Reddit expects in `REDDIT_COLUMNS[kind]`; null where nothing usable is left."""
     if kind not in REDDIT_COLUMNS:
         raise ValueError(f"Reddit has no column for kind {kind!r}; kinds: {sorted(REDDIT_COLUMNS)}")

@@ -40,7 +40,7 @@ def _twitter_id(values: pa.Array) -> pa.Array:
     # A standard integer: digits only, no leading zeros; anything else cannot be an X user id.
     trimmed = pc.utf8_trim_whitespace(values)
     digits = pc.if_else(pc.fill_null(pc.match_substring_regex(trimmed, r"^[0-9]+$"), False), trimmed, _NULL_STR)
-    return pc.replace_substring_regex(digits, r"^0+(?=[0-9])", "")
+    return pc.replace_substring_regex(digits, r"^0+([0-9])", r"\1")
 
 
 def _handle(values: pa.Array) -> pa.Array:

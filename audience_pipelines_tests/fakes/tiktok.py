@@ -28,7 +28,7 @@ MAX_GET_IDS = 100
 ID_TYPES = ("EMAIL_SHA256", "PHONE_SHA256", "IDFA_SHA256", "GAID_SHA256", "AAID_SHA256")
 ACTIONS = ("add", "delete")
 REFUSED_CODE = 40000
-TikTokRequest = namedtuple("TikTokRequest", "method path action n_rows code status")  # one per request
+TikTokRequest = namedtuple("TikTokRequest", "method path action id_schema n_rows code status")  # one per request
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _PREFIX = re.compile(r"^/open_api/v\d+\.\d+(?=/)")
@@ -146,8 +146,9 @@ class FakeTikTok(FakeServer):
         return "mapping" if self._route_of(req) == "/segment/mapping/" else "other"
 
     def _log_entry(self, req: Request, resp: Response):
-        return TikTokRequest(req.method, self._route_of(req), req.notes.get("action"), req.notes.get("n_rows"),
-                             req.notes.get("code"), resp.status)
+        notes = req.notes
+        return TikTokRequest(req.method, self._route_of(req), notes.get("action"), notes.get("id_schema"),
+                             notes.get("n_rows"), notes.get("code"), resp.status)
 
     def _handle(self, req: Request) -> Response:
         try:
@@ -257,6 +258,7 @@ class FakeTikTok(FakeServer):
             raise _param(f"id_schema: Must be one of: {', '.join(ID_TYPES)} (got {bad}).")
         if len(set(schema)) != len(schema):
             raise _param("id_schema: Duplicate id types.")
+        req.notes["id_schema"] = tuple(schema)
         data = body.get("batch_data")
         if not isinstance(data, list) or not data:
             raise _param("batch_data: Missing data for required field.")

@@ -1,8 +1,13 @@
 """`linkedin_ads`: LinkedIn Matched Audiences, person (USER) DMP segments through the Marketing API.
 
-Members are streamed with `POST /dmpSegments/{id}/users` (BATCH_CREATE). The largest batch LinkedIn
-takes is not documented; 5,000 elements a request is what other connectors are believed to use
-[unverified], so that is the limit here.
+Members are streamed with `POST /dmpSegments/{id}/users` (BATCH_CREATE). Assumptions where the
+reference is not sure:
+- the largest batch LinkedIn takes is not documented; 5,000 elements a request is what other
+  connectors are believed to use [unverified], so that is the limit here;
+- a created segment's id is read from the `x-restli-id` header [unverified] or else the body's `id`;
+- segments are created with sourcePlatform "API" and sourceSegmentId = the audience name;
+- an identifier change is a REMOVE request, then an ADD request: the order of elements within one
+  batch is not documented.
 """
 
 from __future__ import annotations
@@ -19,9 +24,6 @@ MAX_ELEMENTS = 5_000  # per /users request [unverified]
 MATCH_KINDS = frozenset({"email", "device_id"})
 # Plain-text extras LinkedIn uses to improve a match, sent only beside a user id.
 EXTRA_KINDS = frozenset({"first_name", "last_name", "country"})
-# The engine counts a group of kinds only when every kind in it has a value. "<userIds>" is no
-# kind a sync can map, so this group never completes: a row carrying extras only is set aside.
-EXTRAS_NEVER_ALONE = EXTRA_KINDS | {"<userIds>"}
 ACCOUNT_URN = "urn:li:sponsoredAccount:"
 
 
@@ -83,7 +85,7 @@ class LinkedInAds(DestinationType):
             identifier_kinds=MATCH_KINDS | EXTRA_KINDS,
             max_batch_rows=settings.batch_size if settings else MAX_ELEMENTS,
             accepts_fields=False, can_list_audiences=True, hashes_identifiers=True, requires_identifier=True,
-            identifier_groups=(EXTRAS_NEVER_ALONE,), match_identifiers=MATCH_KINDS,
+            companion_kinds=EXTRA_KINDS, match_identifiers=MATCH_KINDS,
             reports_size=True, reports_match_rate=True,
         )
 

@@ -1,10 +1,11 @@
 """The `linkedin_ads` client: LinkedIn Matched Audiences through DMP segments.
 
 Segments are listed with the `account` finder (`GET /dmpSegments?q=account`, paged with start and
-count) and created with `POST /dmpSegments` (type USER, sourcePlatform API); the new id is read
-from the `x-restli-id` header or the body. LinkedIn asks for a wait of about 5 seconds after
-creating a segment before users are added, and may answer 404 on /users until then, so a 404
-shortly after this client created the segment is retried for a bounded time.
+count; the account URN URL-encoded, as Rest.li 2.0 wants) and created with `POST /dmpSegments`
+(type USER, sourcePlatform API); the new id is read from the `x-restli-id` header or the body.
+LinkedIn asks for a wait of about 5 seconds after creating a segment before users are added, and
+may answer 404 on /users until then, so a 404 shortly after this client created the segment is
+retried for a bounded time (creation_retry_s).
 
 Members are added and removed with `POST /dmpSegments/{id}/users` (`X-RestLi-Method: BATCH_CREATE`),
 one element per row carrying its `userIds` (SHA256_EMAIL, GOOGLE_AID) and the plain-text extras.
@@ -22,8 +23,8 @@ import httpx
 import pyarrow as pa
 
 from audience_pipelines.contract import (
-    KEY, AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, Session,
-    SessionContext, TerminalError, sent_columns,
+    AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, MatchListSession,
+    Session, SessionContext, TerminalError, sent_columns,
 )
 from audience_pipelines.destinations.http import HttpClient
 from audience_pipelines.destinations.linkedin_ads import LinkedInAds, LinkedInSettings
@@ -231,7 +232,8 @@ class LinkedInAdsDestination(Destination[LinkedInSettings]):
         for i in range(rows.num_rows):
             user_ids = [{"idType": c, "idValue": cols[c][i]} for c in ids if cols[c][i]]
             if not user_ids:
-                rejected[i] = NO_USER_ID
+                if action == "ADD":  # a withdrawal with no id has nothing to take out
+                    rejected[i] = NO_USER_ID
                 continue
             element = {"action": action, "userIds": user_ids}
             element.update({c: cols[c][i] for c in extras if cols[c][i]})
@@ -252,23 +254,11 @@ class LinkedInAdsDestination(Destination[LinkedInSettings]):
             self.oauth.close()
 
 
-class _UsersSession(Session):
+class _UsersSession(MatchListSession):
     """Every batch answered at once: ADD and REMOVE elements on the segment's /users."""
 
-    def __init__(self, client: LinkedInAdsDestination, sid: str):
-        self.client, self.sid = client, sid
+    def add(self, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        return self.destination._apply(self.audience_id, "ADD", rows)
 
-    def send(self, operation: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext) -> BatchResult:
-        if operation == "remove":
-            return self.client._apply(self.sid, "REMOVE", rows)
-        if operation != "update" or previous is None or previous.num_rows == 0:
-            return self.client._apply(self.sid, "ADD", rows)
-        # An identifier changed: withdraw the old values, then add the new ones. A member whose old
-        # values were not withdrawn is not taken as updated: the next run withdraws them again.
-        withdrawn = self.client._apply(self.sid, "REMOVE", previous)
-        added = self.client._apply(self.sid, "ADD", rows)
-        position = {k: i for i, k in enumerate(rows[KEY].to_pylist())}
-        old_keys = previous[KEY].to_pylist()
-        for i, reason in withdrawn.rejected.items():
-            added.rejected.setdefault(position[old_keys[i]], f"old values not withdrawn: {reason}")
-        return added
+    def remove(self, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        return self.destination._apply(self.audience_id, "REMOVE", rows)

@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from audience_pipelines.contract import (
-    KEY, AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, Finish, Recovery,
-    Session, SessionContext, TerminalError, sent_columns,
+    AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, Finish,
+    MatchListSession, Recovery, Session, SessionContext, TerminalError, sent_columns,
 )
 from audience_pipelines.destinations.http import HttpClient
 from audience_pipelines.destinations.meta_custom_audiences import MetaCustomAudiences, MetaSettings
@@ -215,37 +215,21 @@ def _session_id(scope: str) -> int:
     return int(hashlib.sha256(scope.encode()).hexdigest()[:15], 16)
 
 
-class _DiffSession(Session):
+class _DiffSession(MatchListSession):
     """POST and DELETE on /users, a Meta session per operation and method."""
-
-    def __init__(self, client: MetaCustomAudiencesDestination, audience_id: str):
-        self.client, self.audience_id = client, audience_id
 
     def _send(self, method: str, rows: pa.Table, ctx: BatchContext) -> BatchResult:
         # A part of a batch sent again gets its own session.
         scope = ctx.request_id if ctx.part else f"{ctx.sync}:{ctx.run_id}"
         session = {"session_id": _session_id(f"{scope}:{ctx.operation}:{method}"),
                    "batch_seq": 1 if ctx.part else ctx.seq, "last_batch_flag": bool(ctx.part) or ctx.last}
-        return self.client._users(f"{self.audience_id}/users", method, rows, session)
+        return self.destination._users(f"{self.audience_id}/users", method, rows, session)
 
-    def send(self, operation, rows, previous, ctx):
-        if operation == "remove":
-            return self._send("DELETE", rows, ctx)
-        if operation != "update" or previous is None:
-            return self._send("POST", rows, ctx)
-        # An identifier changed: take the old values out, then add the new ones. A member whose
-        # old values were not taken out is not updated: the next run withdraws them again.
-        withdrawn = self._send("DELETE", previous, ctx)
-        added = self._send("POST", rows, ctx)
-        position = {k: i for i, k in enumerate(rows[KEY].to_pylist())}
-        prev_keys = previous[KEY].to_pylist()
-        for i, reason in withdrawn.rejected.items():
-            added.rejected.setdefault(position[prev_keys[i]], f"old values not withdrawn: {reason}")
-        added.unapplied += withdrawn.unapplied
-        added.unapplied_reason = added.unapplied_reason or withdrawn.unapplied_reason
-        for k, v in withdrawn.stats.items():
-            added.stats[k] = added.stats.get(k, 0) + v
-        return added
+    def add(self, rows, ctx):
+        return self._send("POST", rows, ctx)
+
+    def remove(self, rows, ctx):
+        return self._send("DELETE", rows, ctx)
 
 
 class _ReplaceSession(Session):

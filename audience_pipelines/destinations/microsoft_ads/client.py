@@ -18,14 +18,15 @@ so); with Account it is the account id.
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
 import pyarrow as pa
 
 from audience_pipelines.contract import (
-    KEY, AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, Session,
-    SessionContext, TerminalError,
+    AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, MatchListSession,
+    Session, SessionContext, TerminalError,
 )
 from audience_pipelines.destinations.http import HttpClient
 from audience_pipelines.destinations.microsoft_ads import (
@@ -56,6 +57,7 @@ ACCOUNT_CODES = frozenset({208, 1102, 1490})
 # The audience is not a customer list of this account, or the request can never work: no retry helps.
 AUDIENCE_CODES = frozenset({4835, 4861, 8000})
 REQUEST_CODES = frozenset({MISSING_HEADERS, 8001, 8002})
+_LONG = re.compile(r"-?[0-9]+")
 
 
 def _errors(body) -> list[dict]:
@@ -108,7 +110,7 @@ def _long(value) -> str | None:
     if value is None or isinstance(value, bool):
         return None
     text = str(value).strip()
-    return text if text.lstrip("-").isdigit() else None
+    return text if _LONG.fullmatch(text) else None
 
 
 class MicrosoftAdsDestination(Destination[MicrosoftAdsSettings]):
@@ -139,7 +141,8 @@ class MicrosoftAdsDestination(Destination[MicrosoftAdsSettings]):
         if not errors:
             return None
         tracking = body.get("TrackingId") or response.headers.get("TrackingId")
-        return self._redact(f"Microsoft Advertising {_text(errors)}" + (f" (TrackingId {tracking})" if tracking else ""))
+        text = f"Microsoft Advertising {_text(errors)}" + (f" (TrackingId {tracking})" if tracking else "")
+        return self._redact(text)
 
     def _terms(self, detail: str) -> TerminalError:
         if self.settings.accept_customer_match_terms:
@@ -164,13 +167,13 @@ class MicrosoftAdsDestination(Destination[MicrosoftAdsSettings]):
             return CredentialsError(f"microsoft_ads: the setting 'developer_token' or the access token from the "
                                     f"setting 'refresh_token' was refused (or the account is inactive): {message}",
                                     status=status)
-        if TOKEN_EXPIRED in codes or status == 401:
-            return CredentialsError(f"microsoft_ads: the access token from the setting 'refresh_token' was refused: "
-                                    f"{message}", status=status)
         if NOT_AUTHORIZED in codes or codes & ACCOUNT_CODES:
             return TerminalError(f"microsoft_ads: the credentials may not act on customer {s.customer_id} / account "
                                  f"{s.account_id}: check the settings 'customer_id' (the manager account) and "
                                  f"'account_id' (the ad account, not its number): {message}", status=status)
+        if TOKEN_EXPIRED in codes or status == 401:
+            return CredentialsError(f"microsoft_ads: the access token from the setting 'refresh_token' was refused: "
+                                    f"{message}", status=status)
         if codes & (AUDIENCE_CODES | REQUEST_CODES):
             return TerminalError(f"microsoft_ads: {message}", status=status)
         return DestinationError(f"microsoft_ads: {message}", status=status)
@@ -309,25 +312,11 @@ class MicrosoftAdsDestination(Destination[MicrosoftAdsSettings]):
         self.oauth.close()
 
 
-class _ApplySession(Session):
-    """Add and Remove calls per batch; an update withdraws the old emails first, then adds the new ones."""
+class _ApplySession(MatchListSession):
+    """Add and Remove calls per batch."""
 
-    def __init__(self, client: MicrosoftAdsDestination, audience_id: str):
-        self.client, self.audience_id = client, audience_id
+    def add(self, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        return self.destination.apply("Add", self.audience_id, rows)
 
-    def send(self, operation: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext) -> BatchResult:
-        if operation == "remove":
-            return self.client.apply("Remove", self.audience_id, rows)
-        if operation != "update" or previous is None or previous.num_rows == 0:
-            return self.client.apply("Add", self.audience_id, rows)
-        withdrawn = self.client.apply("Remove", self.audience_id, previous)
-        added = self.client.apply("Add", self.audience_id, rows)
-        # A member whose old email stayed in is not updated: the next run withdraws it again.
-        position = {k: i for i, k in enumerate(rows[KEY].to_pylist())}
-        old_keys = previous[KEY].to_pylist()
-        for i, reason in withdrawn.rejected.items():
-            added.rejected.setdefault(position[old_keys[i]], f"old email not withdrawn: {reason}")
-        added.unapplied += withdrawn.unapplied
-        added.unapplied_reason = added.unapplied_reason or withdrawn.unapplied_reason
-        added.stats["items_sent"] = added.stats.get("items_sent", 0) + withdrawn.stats.get("items_sent", 0)
-        return added
+    def remove(self, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        return self.destination.apply("Remove", self.audience_id, rows)

@@ -15,7 +15,8 @@ is created holding one placeholder, the hash of an address under the reserved `.
 With `create_audience`, a list is wrapped in a CUSTOMER_LIST audience of the same name, looked up
 by its rule's `customer_list_id` first so a rerun never makes a second. Pinterest wants 100 matched
 accounts before an audience is usable; should it refuse to wrap a smaller list, the refusal is
-logged and every later run tries again. The audience's `size` is the size read back.
+logged and tried again once the run's members are in (when the size is read back) and by later
+runs. The audience's `size` is the size read back.
 
 Auth is a Bearer token, static or refreshed with OAuth2 (client credentials as HTTP Basic). A
 throttle is HTTP 429 with `{"code": 8, ...}`, retried with backoff (Retry-After when given).
@@ -32,12 +33,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from audience_pipelines.contract import (
-    AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, RowsRefused, Session,
-    SessionContext, TerminalError, sent_columns,
+    AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, MatchListSession,
+    RowsRefused, Session, SessionContext, TerminalError, sent_columns,
 )
 from audience_pipelines.destinations.http import HttpClient
 from audience_pipelines.destinations.oauth import Redactor, RefreshingToken
-from audience_pipelines.destinations.pinterest_ads import KIND_BY_LIST_TYPE, PinterestAds, PinterestSettings
+from audience_pipelines.destinations.pinterest_ads import PinterestAds, PinterestSettings
 from audience_pipelines.identifiers.pinterest import to_pinterest
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,6 @@ class PinterestAdsDestination(Destination[PinterestSettings]):
 
     def __init__(self, settings: PinterestSettings, sleep=time.sleep, clock=time.monotonic):
         super().__init__(settings)
-        self.kind = KIND_BY_LIST_TYPE[settings.list_type]
         self.oauth: RefreshingToken | None = None
         self._static: str | None = None
         if settings.refresh_token is not None:
@@ -208,25 +208,31 @@ class PinterestAdsDestination(Destination[PinterestSettings]):
                 return audience
         return None
 
-    def _ensure_audience(self, list_id: str, name: str) -> None:
-        """Wrap the list in a CUSTOMER_LIST audience unless one already does."""
-        if not self.settings.create_audience or list_id in self._wrapped:
-            return
-        if self._wrapping_audience(list_id) is None:
+    def _ensure_audience(self, list_id: str, name: str | None = None, fresh: bool = False) -> dict | None:
+        """The CUSTOMER_LIST audience wrapping the list, created (with `create_audience`) if none does."""
+        if not fresh and (not self.settings.create_audience or list_id in self._wrapped):
+            return None
+        audience = self._wrapping_audience(list_id)
+        if audience is None and self.settings.create_audience:
+            if name is None:
+                name = str(self._call("GET", f"{self._account}/customer_lists/{list_id}").get("name") or list_id)
             body = {"name": name, "audience_type": "CUSTOMER_LIST", "rule": {"customer_list_id": list_id},
                     "description": DESCRIPTION}
             try:
-                self._call("POST", f"{self._account}/audiences", json=body)
+                audience = self._call("POST", f"{self._account}/audiences", json=body)
             except DestinationError as exc:
                 if exc.fatal or exc.status != 400:
                     raise
-                # Members can still go to the list; the next run tries the audience again.
+                # Members can still go to the list; the run's end and later runs try again.
                 log.warning("pinterest_ads: customer list %s could not be made an audience yet: %s", list_id, exc)
-                return
-        self._wrapped.add(list_id)
+                return None
+        if audience is not None:
+            self._wrapped.add(list_id)
+        return audience
 
     def audience_stats(self, audience_id: str) -> AudienceStats | None:
-        audience = self._wrapping_audience(_path_id(audience_id, "customer list"))
+        # Read fresh; a list too small to wrap before this run's adds may be wrapped now.
+        audience = self._ensure_audience(_path_id(audience_id, "customer list"), fresh=True)
         if audience is None:
             return None
         size = audience.get("size")
@@ -263,20 +269,11 @@ class PinterestAdsDestination(Destination[PinterestSettings]):
             self.oauth.close()
 
 
-class _ListSession(Session):
+class _ListSession(MatchListSession):
     """ADD and REMOVE on one customer list; each batch is applied whole or refused whole."""
 
-    def __init__(self, client: PinterestAdsDestination, list_id: str):
-        self.client, self.list_id = client, list_id
+    def add(self, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        return self.destination._send(self.audience_id, "ADD", rows)
 
-    def send(self, operation: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext) -> BatchResult:
-        if operation == "remove":
-            return self.client._send(self.list_id, "REMOVE", rows)
-        withdrawn = None
-        if operation == "update" and previous is not None and previous.num_rows:
-            # The old values go first; if the add then fails, the next run withdraws them again.
-            withdrawn = self.client._send(self.list_id, "REMOVE", previous)
-        result = self.client._send(self.list_id, "ADD", rows)
-        if withdrawn is not None:
-            result.stats.update(withdrawn.stats)
-        return result
+    def remove(self, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        return self.destination._send(self.audience_id, "REMOVE", rows)

@@ -3,8 +3,9 @@
 Members are added and removed with `PATCH /custom_audiences/{id}/users`, at most 2,500 rows a
 request, each row lined up with `column_order` (`EMAIL_SHA256`, `MAID_SHA256`), values hashed by
 Reddit's rules (`identifiers.reddit`). Success is HTTP 204 with no body: no per-row result, no
-counts, so a 204 accepts the whole batch. A 400 whose `fields` name `user_data` refuses the batch
-for rows it may not name clearly, so the engine finds them by sending parts again (`RowsRefused`).
+counts, so a 204 accepts the whole batch. A 400 whose `fields` name rows of `user_data` refuses
+the whole batch because of those rows: nothing was applied, and the engine finds the rows by
+sending parts again (`RowsRefused`); the field names are not trusted as positions [unverified].
 
 Auth is OAuth2: the refresh token is exchanged at Reddit's token endpoint with HTTP Basic
 client credentials; an access token Reddit refuses (401) is renewed once. 403 means the token
@@ -18,16 +19,17 @@ lacks the adsread/adsedit scope, the account is not the user's, or the User-Agen
 
 from __future__ import annotations
 
+import re
 import time
 from importlib.metadata import PackageNotFoundError, version
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import pyarrow as pa
 
 from audience_pipelines.contract import (
-    AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, RowsRefused, Session,
-    SessionContext, TerminalError, sent_columns,
+    AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, MatchListSession,
+    RowsRefused, Session, SessionContext, TerminalError, sent_columns,
 )
 from audience_pipelines.destinations.http import HttpClient, retry_after_seconds
 from audience_pipelines.destinations.oauth import Redactor, RefreshingToken
@@ -36,6 +38,8 @@ from audience_pipelines.identifiers.reddit import REDDIT_COLUMNS, to_reddit
 
 CUSTOMER_LIST = "CUSTOMER_LIST"
 PAGE_SIZE = 100
+# A 400 field naming a row of user_data ("data.user_data[3][0]"): rows were refused, not the request.
+_ROW_FIELD = re.compile(r"user_data\[\d+\]")
 
 
 def user_agent(settings: RedditAdsSettings) -> str:
@@ -77,9 +81,8 @@ class RedditAdsDestination(Destination[RedditAdsSettings]):
         self.oauth = RefreshingToken(
             name="reddit_ads", token_url=settings.token_url, refresh_token=settings.refresh_token.value(),
             client_id=settings.client_id, client_secret=settings.client_secret.value(), basic_auth=True,
-            endpoint="Reddit's token endpoint", timeout_s=settings.timeout_s, sleep=sleep, clock=clock)
-        # Reddit's token endpoint refuses generic User-Agents too; RefreshingToken takes no headers.
-        self.oauth.http._client.headers["User-Agent"] = self.user_agent
+            endpoint="Reddit's token endpoint", timeout_s=settings.timeout_s, sleep=sleep, clock=clock,
+            headers={"User-Agent": self.user_agent})  # Reddit's token endpoint refuses generic User-Agents too
         self._redact = Redactor(self.oauth.redact)
         self.base = settings.base_url.rstrip("/") + "/"
         self.http = HttpClient(self.base, timeout_s=settings.timeout_s, headers={"User-Agent": self.user_agent},
@@ -135,14 +138,14 @@ class RedditAdsDestination(Destination[RedditAdsSettings]):
                 f"the user may not manage, and a blocked User-Agent ({self.user_agent!r})", status=status)
         if status == 404:
             if path.startswith("custom_audiences/"):
-                audience = path.split("/")[1]
+                audience = unquote(path.split("/")[1])
                 return TerminalError(f"reddit_ads: custom audience {audience} does not exist or is not visible to "
                                      f"these credentials ({message})", status=status)
             return TerminalError(f"reddit_ads: ad account {self.settings.ad_account_id} not found; check the "
                                  f"setting 'ad_account_id' ({message})", status=status)
         fields = _error(response).get("fields") or []
         if status == 400 and path.endswith("/users") and any(
-                "user_data" in str(f.get("field", "")) for f in fields if isinstance(f, dict)):
+                _ROW_FIELD.search(str(f.get("field", ""))) for f in fields if isinstance(f, dict)):
             return RowsRefused(f"reddit_ads: {message}", status=status)
         return DestinationError(f"reddit_ads: {message}", status=status)
 
@@ -189,7 +192,8 @@ class RedditAdsDestination(Destination[RedditAdsSettings]):
         if not next_url:
             return None
         base, nxt = urlsplit(self.base), urlsplit(next_url)
-        if (nxt.netloc and (nxt.scheme, nxt.netloc) != (base.scheme, base.netloc)) or not nxt.path.startswith(base.path):
+        other_host = nxt.netloc and (nxt.scheme, nxt.netloc) != (base.scheme, base.netloc)
+        if other_host or not nxt.path.startswith(base.path):
             raise DestinationError("reddit_ads: the audience list pointed its next page outside base_url; "
                                    "not followed (the access token goes only to base_url)")
         return nxt.path[len(base.path):] + (f"?{nxt.query}" if nxt.query else "")
@@ -241,17 +245,11 @@ def _shown(path: str) -> str:
     return path.split("?", 1)[0]
 
 
-class _Session(Session):
-    """PATCH ADD / REMOVE per batch; an identifier change withdraws the old values, then adds the new."""
+class _Session(MatchListSession):
+    """PATCH ADD / REMOVE per batch (204, no per-row answer)."""
 
-    def __init__(self, client: RedditAdsDestination, audience_id: str):
-        self.client, self.audience_id = client, audience_id
+    def add(self, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        return self.destination.patch_users(self.audience_id, "ADD", rows)
 
-    def send(self, operation: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext) -> BatchResult:
-        if operation == "remove":
-            return self.client.patch_users(self.audience_id, "REMOVE", rows)
-        if operation == "update" and previous is not None:
-            # Old values first: Reddit matches a person on any identifier, so removing after adding
-            # could take the person out again. Refused here, nothing of the batch was added.
-            self.client.patch_users(self.audience_id, "REMOVE", previous)
-        return self.client.patch_users(self.audience_id, "ADD", rows)
+    def remove(self, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        return self.destination.patch_users(self.audience_id, "REMOVE", rows)

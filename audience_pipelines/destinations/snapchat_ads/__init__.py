@@ -6,6 +6,8 @@ most 100,000 identifiers a request. Snap reports a segment's approximate size, n
 
 from __future__ import annotations
 
+import re
+
 from pydantic import Field, field_validator
 
 from audience_pipelines.contract import Capabilities, DestinationSettings, DestinationType, EnvSecret, register
@@ -35,6 +37,14 @@ class SnapchatSettings(DestinationSettings):
         if not v.strip():
             raise ValueError("must not be blank")
         return v.strip()
+
+    @field_validator("ad_account_id")
+    @classmethod
+    def _account_id(cls, v: str) -> str:
+        # It goes into URL paths: Snap's ids are UUIDs (letters, digits, hyphens).
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", v):
+            raise ValueError(f"ad_account_id is the ad account's id (a UUID), got {v!r}")
+        return v
 
 
 @register

@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from audience_pipelines.contract import (
-    KEY, AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, RowsRefused,
-    Session, SessionContext, TerminalError,
+    AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, MatchListSession,
+    RowsRefused, Session, SessionContext, TerminalError,
 )
 from audience_pipelines.destinations.http import HttpClient, RetryPolicy
 from audience_pipelines.destinations.oauth import RefreshingToken
@@ -238,17 +238,18 @@ class SnapchatAdsDestination(Destination[SnapchatSettings]):
             if exc.status == 400 and not exc.fatal:
                 raise RowsRefused(f"Snap refused the {schema} request: {exc}", status=400) from exc
             raise
-        users = answer.get("users")
-        if not (_success(answer.get("request_status")) and isinstance(users, list) and users
-                and all(isinstance(u, dict) and _success(u.get("sub_request_status")) for u in users)):
-            said = [answer.get("request_status")] + [u.get("sub_request_status") for u in users or []
-                                                      if isinstance(u, dict)]
-            detail = " ".join(str(u.get("debug_message") or "") for u in users or [] if isinstance(u, dict)).strip()
+        users = [u for u in answer.get("users") or [] if isinstance(u, dict)]
+        if not (_success(answer.get("request_status")) and users
+                and all(_success(u.get("sub_request_status")) for u in users)):
+            statuses = [answer.get("request_status"), *(u.get("sub_request_status") for u in users)]
+            said = "/".join(str(s) for s in statuses)
+            detail = " ".join(str(u.get("debug_message") or "") for u in users).strip()
+            what = "removal" if method == "DELETE" else "upload"
             raise DestinationError(self._redact(
-                f"snapchat_ads: Snap did not confirm the {schema} {'removal' if method == 'DELETE' else 'upload'} "
-                f"on segment {segment_id} (status {'/'.join(map(str, said))})" + (f": {detail[:200]}" if detail else "")),
-                status=200)
-        return sum(int((u.get("user") or {}).get("number_uploaded_users") or 0) for u in users)
+                f"snapchat_ads: Snap did not confirm the {schema} {what} on segment {segment_id} (status {said})"
+                + (f": {detail[:200]}" if detail else "")), status=200)
+        counts = [(u.get("user") or {}).get("number_uploaded_users") for u in users]
+        return sum(int(n) for n in counts if isinstance(n, int) or (isinstance(n, str) and n.isdigit()))
 
     def close(self) -> None:
         self.http.close()
@@ -256,11 +257,8 @@ class SnapchatAdsDestination(Destination[SnapchatSettings]):
         self.oauth.close()
 
 
-class _SegmentSession(Session):
+class _SegmentSession(MatchListSession):
     """Each batch is sent right away: one request per schema and method."""
-
-    def __init__(self, client: SnapchatAdsDestination, segment_id: str):
-        self.client, self.segment_id = client, segment_id
 
     def _apply(self, method: str, rows: pa.Table) -> BatchResult:
         failed: dict[str, str] = {}
@@ -270,7 +268,8 @@ class _SegmentSession(Session):
             # The engine's batches stay under the limit; a longer call is split all the same.
             for lo in range(0, len(values), MAX_IDENTIFIERS):
                 try:
-                    uploaded += self.client.upload(method, self.segment_id, schema, values[lo:lo + MAX_IDENTIFIERS])
+                    part = values[lo:lo + MAX_IDENTIFIERS]
+                    uploaded += self.destination.upload(method, self.audience_id, schema, part)
                     requests += 1
                 except RowsRefused:
                     raise  # some rows are to blame: the engine sends halves again
@@ -285,18 +284,8 @@ class _SegmentSession(Session):
                 rejected.setdefault(int(i), reason)
         return BatchResult(rejected=rejected, stats={"snap_requests": requests, "number_uploaded_users": uploaded})
 
-    def send(self, operation: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext) -> BatchResult:
-        if operation == "remove":
-            return self._apply("DELETE", rows)
-        if operation != "update" or previous is None or previous.num_rows == 0:
-            return self._apply("POST", rows)
-        # An identifier changed: withdraw the old values (none a current member still sends), then
-        # add the new ones. A row whose old values stayed is not updated; the next run tries again.
-        withdrawn = self._apply("DELETE", previous)
-        added = self._apply("POST", rows)
-        position = dict(zip(rows[KEY].to_pylist(), range(rows.num_rows)))
-        old_keys = previous[KEY].to_pylist()
-        for i, reason in withdrawn.rejected.items():
-            added.rejected.setdefault(position[old_keys[i]], f"old values not withdrawn: {reason}")
-        added.stats = {k: added.stats.get(k, 0) + withdrawn.stats.get(k, 0) for k in {*added.stats, *withdrawn.stats}}
-        return added
+    def add(self, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        return self._apply("POST", rows)
+
+    def remove(self, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        return self._apply("DELETE", rows)

@@ -22,8 +22,8 @@ import httpx
 import pyarrow as pa
 
 from audience_pipelines.contract import (
-    AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, Session,
-    SessionContext, TerminalError, sent_columns,
+    AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, MatchListSession,
+    Session, SessionContext, TerminalError, sent_columns,
 )
 from audience_pipelines.destinations.http import HttpClient
 from audience_pipelines.destinations.oauth import Redactor
@@ -94,12 +94,13 @@ class TikTokAdsDestination(Destination[TikTokAdsSettings]):
         response = self.http.request(method, path, params=params, json=json_body)
         body = _envelope(response)
         where = f"{method} {path}"
-        if body is None or response.status_code >= 400:
-            described = self._describe(response) or self._redact(response.text[:200]) or "no body"
-            message = f"tiktok_ads: HTTP {response.status_code} on {where}: {described}"
-            if response.status_code == 401:
+        status = response.status_code
+        if body is None or (body["code"] == 0 and status >= 400):  # no envelope (a gateway's page): the status says
+            shown = self._describe(response) or self._redact(response.text[:200]) or "no TikTok envelope"
+            message = f"HTTP {status} on {where}: {shown}"
+            if status == 401:
                 raise CredentialsError(f"tiktok_ads: the setting 'access_token' was refused: {message}", status=401)
-            raise DestinationError(message, status=response.status_code)
+            raise DestinationError(f"tiktok_ads: {message}", status=status)
         code = body["code"]
         if code == 0:
             data = body.get("data")
@@ -190,19 +191,13 @@ class TikTokAdsDestination(Destination[TikTokAdsSettings]):
         self.http.close()
 
 
-class _MappingSession(Session):
+class _MappingSession(MatchListSession):
     """One mapping request per batch; TikTok applies it whole or refuses it whole."""
 
-    def __init__(self, client: TikTokAdsDestination, audience_id: str):
-        self.client, self.audience_id = client, audience_id
+    def add(self, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        self.destination.mapping("add", self.audience_id, rows)
+        return BatchResult()
 
-    def send(self, operation: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext) -> BatchResult:
-        if operation == "remove":
-            self.client.mapping("delete", self.audience_id, rows)
-            return BatchResult()
-        if operation == "update" and previous is not None:
-            # An identifier changed: withdraw the old values first. Should the add then fail, the
-            # batch fails and the next run withdraws and adds again (both harmless twice).
-            self.client.mapping("delete", self.audience_id, previous)
-        self.client.mapping("add", self.audience_id, rows)
+    def remove(self, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        self.destination.mapping("delete", self.audience_id, rows)
         return BatchResult()

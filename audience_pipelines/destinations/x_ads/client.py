@@ -28,8 +28,8 @@ import httpx
 import pyarrow as pa
 
 from audience_pipelines.contract import (
-    KEY, AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, RowsRefused,
-    Session, SessionContext, TerminalError, sent_columns,
+    AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, MatchListSession,
+    RowsRefused, Session, SessionContext, TerminalError, sent_columns,
 )
 from audience_pipelines.destinations.http import HttpClient
 from audience_pipelines.destinations.oauth import Redactor
@@ -302,23 +302,11 @@ def _chunks(positions: list[int], users: list[str | None], operation_type: str, 
         yield chunk
 
 
-class _Session(Session):
-    """Per batch: `Update` for adds, `Delete` for removes; an update withdraws the old values first."""
+class _Session(MatchListSession):
+    """Per batch: `Update` for adds, `Delete` for removes."""
 
-    def __init__(self, client: XAdsDestination, audience_id: str):
-        self.client, self.audience_id = client, audience_id
+    def add(self, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        return self.destination.users(self.audience_id, "Update", rows)
 
-    def send(self, operation: str, rows: pa.Table, previous: pa.Table | None, ctx: BatchContext) -> BatchResult:
-        if operation == "remove":
-            return self.client.users(self.audience_id, "Delete", rows)
-        if operation != "update" or previous is None or previous.num_rows == 0:
-            return self.client.users(self.audience_id, "Update", rows)
-        withdrawn = self.client.users(self.audience_id, "Delete", previous)
-        added = self.client.users(self.audience_id, "Update", rows)
-        # A member whose old values stay at X is not updated: the next run withdraws them again.
-        at = {key: i for i, key in enumerate(rows[KEY].to_pylist())}
-        old_keys = previous[KEY].to_pylist()
-        for i, reason in withdrawn.rejected.items():
-            added.rejected.setdefault(at[old_keys[i]], f"old values not withdrawn: {reason}")
-        added.stats = {k: added.stats.get(k, 0) + withdrawn.stats.get(k, 0) for k in {*added.stats, *withdrawn.stats}}
-        return added
+    def remove(self, rows: pa.Table, ctx: BatchContext) -> BatchResult:
+        return self.destination.users(self.audience_id, "Delete", rows)
