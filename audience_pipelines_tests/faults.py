@@ -74,6 +74,8 @@ class Case(ABC):
 
     # The platform keeps audiences by id and finds them by name (else a name is the audience's id).
     names_audiences: bool = False
+    # (method, path regex) of the request that creates an audience, for the lost-answer test.
+    create_request: tuple[str, str] | None = None
 
     @classmethod
     def open(cls, tmp_path):

@@ -1,7 +1,7 @@
 """The rest of the contract suite, over every destination and its fake (the cases of test_fault_matrix.py):
 a name target is created exactly once, also by two runs racing; bad credentials fail before anything is
 sent; a target id that does not exist fails clearly and creates nothing; a full resend leaves exactly
-the membership.
+the membership; a create whose answer was lost is never sent again, and the next run finds it.
 """
 
 from __future__ import annotations
@@ -39,6 +39,21 @@ def run(case, store, rows, run_id, target=Target(name="vip"), registry=None, des
                         RunOptions(run_id=run_id, full_resync=full, registry=registry))
     finally:
         dest.close()
+
+
+@pytest.mark.parametrize("name", [n for n in NAMED_AUDIENCES if CASES[n].create_request])
+def test_a_create_whose_answer_was_lost_is_found_by_the_next_run_never_made_twice(name, tmp_path):
+    with make_case(name, tmp_path) as case:
+        case.fake.inject_lost_answer_on(*case.create_request)
+        store = SnapshotStore(tmp_path / "syncs", "s")
+        try:
+            run(case, store, M1, "r1")  # the client may look the name up again at once (X does)
+        except DestinationError as exc:
+            assert "not sent again" in str(exc)
+        assert case.audience_names() == ["vip"]  # created once, though its answer never came
+        run(case, store, M1, "r2")
+        assert case.audience_names() == ["vip"]
+        assert case.state() == case.expected(M1)
 
 
 @pytest.mark.parametrize("name", NAMED_AUDIENCES)

@@ -248,15 +248,6 @@ def test_a_permission_refusal_is_terminal(snap, store):
     assert snap.members(snap.segment_id_by_name("vip")) == set() and store.read().num_rows == 0
 
 
-def test_a_lost_answer_to_create_does_not_create_twice(snap):
-    dest = destination(snap)
-    dest.check_access()
-    snap.inject_lost_answer(times=1, scope="other")
-    sid = dest.create_audience("vip")
-    dest.close()
-    assert list(snap.segments) == [sid] and snap.segments[sid]["name"] == "vip"
-
-
 def test_the_fake_takes_a_removal_with_or_without_the_segment_id(snap):
     sid = snap.create_segment("vip")
     snap.add_members(sid, {("EMAIL_SHA256", h("a@x.io")), ("EMAIL_SHA256", h("b@x.io"))})

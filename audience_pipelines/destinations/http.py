@@ -8,10 +8,12 @@ them into an error message; a `describe_error` must not return them either.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -66,6 +68,19 @@ class HttpClient:
         self._sleep = sleep
         self._clock = clock  # paired with `sleep`, so a test's fake sleep shows in the time given up after
         self._client = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers or {})
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def once(self) -> Iterator[None]:
+        """Requests in this block are not sent again when their answer is lost (a timeout, a reset
+        connection, a 5xx): creating an audience twice would leave a duplicate. Throttles, which say
+        nothing was done, are still waited out and retried. The run stops; the next one finds by name
+        what the lost request may have created."""
+        self._local.once = True
+        try:
+            yield
+        finally:
+            self._local.once = False
 
     def request(self, method: str, url: str, **kwargs) -> httpx.Response:
         """Send with retries; returns the final response (2xx or a permanent 4xx).
@@ -80,7 +95,12 @@ class HttpClient:
                 response = self._client.request(method, url, **kwargs)
             except httpx.TransportError as exc:  # timeouts, refused and reset connections
                 last = f"{type(exc).__name__} on {method} {_shown(url)}"
+                if getattr(self._local, "once", False):
+                    raise DestinationError(f"{self.name}: no answer to {method} {_shown(url)} ({type(exc).__name__}); "
+                                           "not sent again, since the platform may have acted on it") from None
             else:
+                if response.status_code >= 500 and getattr(self._local, "once", False):
+                    return response  # the caller's error: the platform may have acted on it
                 delay = self._throttle_delay(response) if self._throttle_delay else None
                 if delay is None and response.status_code in RETRY_STATUSES:
                     delay = retry_after_seconds(response)

@@ -17,6 +17,7 @@ class GoogleAdsCase(Case):
     fields = {}  # Customer Match takes identifiers only
 
     names_audiences = True
+    create_request = ("POST", r"/userLists:mutate$")
 
     def audience_names(self):
         return [u["name"] for u in self.fake.user_lists.values()]

@@ -17,6 +17,7 @@ class HubSpotCase(Case):
     name = "hubspot"
 
     names_audiences = True
+    create_request = ("POST", r"/crm/v3/lists/?$")
 
     def audience_names(self):
         return [entry["name"] for entry in self.fake.lists.values()]

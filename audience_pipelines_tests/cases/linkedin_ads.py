@@ -19,6 +19,7 @@ class LinkedInCase(Case):
     fields = {}  # LinkedIn takes identifiers only
 
     names_audiences = True
+    create_request = ("POST", r"/dmpSegments$")
 
     def audience_names(self):
         return [s["name"] for s in self.fake.segments.values()]

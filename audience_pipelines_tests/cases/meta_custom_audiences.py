@@ -19,6 +19,7 @@ class MetaCase(Case):
     fields = {}  # Meta takes identifiers only
 
     names_audiences = True
+    create_request = ("POST", r"/customaudiences$")
 
     def audience_names(self):
         return [a["name"] for a in self.fake.audiences.values()]

@@ -17,6 +17,7 @@ class MicrosoftAdsCase(Case):
     fields = {}  # customer lists take hashed emails only
 
     names_audiences = True
+    create_request = ("POST", r"/Audiences$")
 
     def audience_names(self):
         return [a["Name"] for a in self.fake.audiences.values()]

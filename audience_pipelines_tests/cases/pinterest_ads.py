@@ -19,6 +19,7 @@ class PinterestCase(Case):
     fields = {}  # customer lists take identifiers only
 
     names_audiences = True
+    create_request = ("POST", r"/customer_lists$")
 
     def __init__(self, fake: FakePinterest):
         self.fake = fake

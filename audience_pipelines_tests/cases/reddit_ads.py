@@ -21,6 +21,7 @@ class RedditAdsCase(Case):
     fields = {}  # Reddit takes identifiers only
 
     names_audiences = True
+    create_request = ("POST", r"/ad_accounts/[^/]+/custom_audiences$")
 
     def __init__(self, fake: FakeReddit):
         self.fake = fake

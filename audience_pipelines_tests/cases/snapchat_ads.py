@@ -17,6 +17,7 @@ class SnapchatCase(Case):
     fields = {}  # Snap takes identifiers only
 
     names_audiences = True
+    create_request = ("POST", r"/adaccounts/[^/]+/segments$")
 
     def __init__(self, fake: FakeSnapchat):
         self.fake = fake

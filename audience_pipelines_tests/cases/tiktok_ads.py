@@ -20,6 +20,7 @@ class TikTokCase(Case):
     fields = {}  # TikTok takes identifiers only
 
     names_audiences = True
+    create_request = ("POST", r"/segment/audience/?$")
 
     def audience_names(self):
         return [a["name"] for a in self.fake.audiences.values()]

@@ -17,6 +17,7 @@ class XAdsCase(Case):
     fields = {}  # X takes identifiers only
 
     names_audiences = True
+    create_request = ("POST", r"/accounts/[^/]+/custom_audiences$")
 
     def audience_names(self):
         return [a["name"] for a in self.fake.audiences.values()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 import threading
@@ -163,6 +164,21 @@ class FakeServer:
         """Handle the next `times` requests, then reset the connection instead of answering."""
         self._push("lost_answer", times, scope)
 
+    def inject_lost_answer_on(self, method: str, path_pattern: str, times=1) -> None:
+        """Handle the next `times` requests whose method is `method` and whose path matches the regex
+        `path_pattern`, then reset the connection instead of answering (a create that happened unseen)."""
+        self._push("lost_answer_on", times, method=method, pattern=re.compile(path_pattern))
+
+    def _pop_matching(self, req: Request) -> dict | None:
+        with self._lock:
+            for inj in self._injections:
+                if inj["kind"] == "lost_answer_on" and inj["method"] == req.method and inj["pattern"].search(req.path):
+                    inj["left"] -= 1
+                    if inj["left"] == 0:
+                        self._injections.remove(inj)
+                    return inj
+        return None
+
     def clear_injections(self) -> None:
         with self._lock:
             self._injections.clear()
@@ -182,7 +198,7 @@ class FakeServer:
                 with self._lock:
                     self.errors.append(traceback.format_exc())
                 resp = Response(500, self.errors[-1].encode(), {"Content-Type": "text/plain"})
-            if self._pop("lost_answer", self._scope(req)):
+            if self._pop("lost_answer", self._scope(req)) or self._pop_matching(req):
                 resp = DROP
         with self._lock:
             self._requests.append(self._log_entry(req, resp))

@@ -267,7 +267,8 @@ class GoogleAdsDestination(Destination[GoogleAdsSettings]):
             "name": name, "description": DESCRIPTION, "membershipLifeSpan": settings.membership_life_span_days,
             "crmBasedUserList": crm}}]}
         try:
-            created = self._call(f"{self._customer()}/userLists:mutate", body)
+            with self.http.once():  # a lost answer is looked up by name next run, never sent twice
+                created = self._call(f"{self._customer()}/userLists:mutate", body)
         except DestinationError as exc:
             if "NAME_ALREADY_USED" not in str(exc):
                 raise

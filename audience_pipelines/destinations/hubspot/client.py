@@ -178,8 +178,9 @@ class HubSpotDestination(BatchDestination[HubSpotSettings]):
         return self._usable(self._ok(response, "GET", path).get("list") or {})
 
     def create_audience(self, name: str) -> str:
-        response = self._request("POST", LISTS, {"name": name, "objectTypeId": CONTACTS,
-                                                 "processingType": self.settings.list_processing_type})
+        with self.http.once():  # a lost answer is looked up by name next run, never sent twice
+            response = self._request("POST", LISTS, {"name": name, "objectTypeId": CONTACTS,
+                                                     "processingType": self.settings.list_processing_type})
         body = _body(response)
         if response.status_code == 400 and body.get("subCategory") == "ILS.DUPLICATE_LIST_NAMES":
             found = self.find_audience(name)  # another run created it since our lookup

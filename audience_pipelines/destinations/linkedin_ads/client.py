@@ -174,7 +174,8 @@ class LinkedInAdsDestination(Destination[LinkedInSettings]):
         body = {"name": name, "account": self.account(), "type": self.settings.segment_type,
                 "accessPolicy": "PRIVATE", "sourcePlatform": "API", "sourceSegmentId": name,
                 "destinations": [{"destination": "LINKEDIN"}]}
-        response = self._call("POST", "dmpSegments", json=body)
+        with self.http.once():  # a lost answer is looked up by name next run, never sent twice
+            response = self._call("POST", "dmpSegments", json=body)
         sid = response.headers.get("x-restli-id") or _error(response).get("id")
         if sid is None:
             raise TerminalError("linkedin_ads: LinkedIn created the DMP segment but named no id (no x-restli-id "

@@ -148,9 +148,10 @@ class MetaCustomAudiencesDestination(Destination[MetaSettings]):
             params = {**params, "after": after}
 
     def create_audience(self, name: str) -> str:
-        created = self._call("POST", self._act(), json={
-            "name": name, "subtype": "CUSTOM", "description": "Managed by audience_pipelines",
-            "customer_file_source": self.settings.customer_file_source})
+        with self.http.once():  # a lost answer is looked up by name next run, never sent twice
+            created = self._call("POST", self._act(), json={
+                "name": name, "subtype": "CUSTOM", "description": "Managed by audience_pipelines",
+                "customer_file_source": self.settings.customer_file_source})
         return str(created["id"])
 
     def open_session(self, ctx: SessionContext) -> Session:

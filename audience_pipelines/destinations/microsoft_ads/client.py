@@ -242,7 +242,8 @@ class MicrosoftAdsDestination(Destination[MicrosoftAdsSettings]):
         audience = {"Name": name, "Type": "CustomerList", "Description": DESCRIPTION,
                     "MembershipDuration": s.membership_duration_days,
                     "ParentId": s.account_id if s.scope == "Account" else s.customer_id, "Scope": s.scope}
-        answer = self._call("Audiences", {"Audiences": [audience]})
+        with self.http.once():  # a lost answer is looked up by name next run, never sent twice
+            answer = self._call("Audiences", {"Audiences": [audience]})
         ids = answer.get("AudienceIds") or [None]
         created = _long(ids[0])
         if created is not None:

@@ -189,13 +189,16 @@ class PinterestAdsDestination(Destination[PinterestSettings]):
         for item in self._pages(f"{self._account}/customer_lists"):
             if item.get("name") == name:
                 list_id = str(item["id"])
+                # A create whose answer was lost may have left its placeholder in; removing none is harmless.
+                self._patch(list_id, "REMOVE", [PLACEHOLDER])
                 self._ensure_audience(list_id, name)
                 return list_id
         return None
 
     def create_audience(self, name: str) -> str:
-        created = self._call("POST", f"{self._account}/customer_lists", json={
-            "name": name, "records": PLACEHOLDER, "list_type": self.settings.list_type})
+        with self.http.once():  # a lost answer is looked up by name next run, never sent twice
+            created = self._call("POST", f"{self._account}/customer_lists", json={
+                "name": name, "records": PLACEHOLDER, "list_type": self.settings.list_type})
         list_id = str(created["id"])
         self._patch(list_id, "REMOVE", [PLACEHOLDER])
         self._ensure_audience(list_id, name)

@@ -206,7 +206,8 @@ class RedditAdsDestination(Destination[RedditAdsSettings]):
         return None
 
     def create_audience(self, name: str) -> str:
-        created = self._call("POST", self._account_path(), {"data": {"name": name, "type": CUSTOMER_LIST}})
+        with self.http.once():  # a lost answer is looked up by name next run, never sent twice
+            created = self._call("POST", self._account_path(), {"data": {"name": name, "type": CUSTOMER_LIST}})
         audience_id = (created.get("data") or {}).get("id")
         if not audience_id:
             raise DestinationError(f"reddit_ads: creating custom audience '{name}' answered without data.id")

@@ -36,7 +36,7 @@ from audience_pipelines.contract import (
     AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, MatchListSession,
     RowsRefused, Session, SessionContext, TerminalError,
 )
-from audience_pipelines.destinations.http import HttpClient, RetryPolicy
+from audience_pipelines.destinations.http import HttpClient
 from audience_pipelines.destinations.oauth import RefreshingToken
 from audience_pipelines.destinations.snapchat_ads import MAX_IDENTIFIERS, SnapchatAds, SnapchatSettings
 from audience_pipelines.identifiers.snapchat import SNAP_SCHEMAS, to_snap
@@ -76,7 +76,6 @@ class SnapchatAdsDestination(Destination[SnapchatSettings]):
         common = {"timeout_s": settings.timeout_s, "describe_error": self._describe, "name": "snapchat_ads",
                   "sleep": sleep, "clock": clock}
         self.http = HttpClient(base, **common)
-        self._http_once = HttpClient(base, policy=RetryPolicy(max_attempts=1), **common)  # segment creation
 
     # -- calls -------------------------------------------------------------------------------
     def _describe(self, response: httpx.Response) -> str | None:
@@ -91,12 +90,11 @@ class SnapchatAdsDestination(Destination[SnapchatSettings]):
             out += f" (request_id {body['request_id']})"
         return self._redact(out)
 
-    def _call(self, method: str, path: str, *, params: dict | None = None, json: dict | None = None,
-              http: HttpClient | None = None) -> dict:
+    def _call(self, method: str, path: str, *, params: dict | None = None, json: dict | None = None) -> dict:
         """One API call; an access token Snap refuses (401) is renewed once."""
         for attempt in (1, 2):
             headers = {"Authorization": f"Bearer {self.oauth.get()}"}
-            response = (http or self.http).request(method, path, params=params, json=json, headers=headers)
+            response = self.http.request(method, path, params=params, json=json, headers=headers)
             if response.status_code == 401 and attempt == 1:
                 self.oauth.invalidate()
                 continue
@@ -192,22 +190,8 @@ class SnapchatAdsDestination(Destination[SnapchatSettings]):
         body = {"segments": [{
             "name": name, "description": DESCRIPTION, "source_type": "FIRST_PARTY",
             "retention_in_days": self.settings.retention_in_days, "ad_account_id": self.settings.ad_account_id}]}
-        policy = self.http.policy
-        for attempt in range(policy.max_attempts):
-            try:
-                answer = self._call("POST", self._segments_path(), json=body, http=self._http_once)
-                break
-            except DestinationError as exc:
-                # Only a throttle, 5xx or lost answer (reported as fatal by a one-attempt client) is tried again,
-                # and only after checking that the last attempt did not create it after all.
-                if not exc.fatal or isinstance(exc, TerminalError):
-                    raise
-                if attempt + 1 == policy.max_attempts:
-                    raise DestinationError(f"snapchat_ads: creating segment '{name}' failed {attempt + 1} times; "
-                                           f"last: {exc}", status=exc.status, fatal=True) from exc
-            if (found := self.find_audience(name)) is not None:
-                return found
-            self.sleep(policy.backoff(attempt))
+        with self.http.once():  # a lost answer is looked up by name next run, never sent twice
+            answer = self._call("POST", self._segments_path(), json=body)
         entries = answer.get("segments") or []
         segment = entries[0].get("segment") if entries and isinstance(entries[0], dict) else None
         if not (segment and segment.get("id") and _success(entries[0].get("sub_request_status"))):
@@ -253,7 +237,6 @@ class SnapchatAdsDestination(Destination[SnapchatSettings]):
 
     def close(self) -> None:
         self.http.close()
-        self._http_once.close()
         self.oauth.close()
 
 

@@ -142,8 +142,10 @@ class TikTokAdsDestination(Destination[TikTokAdsSettings]):
         return None
 
     def create_audience(self, name: str) -> str:
-        data = self._call("POST", CREATE, json_body={
-            "custom_audience_name": name, **self._advertiser(), "id_type": self.settings.id_type, "action": "create"})
+        with self.http.once():  # a lost answer is looked up by name next run, never sent twice
+            data = self._call("POST", CREATE, json_body={
+                "custom_audience_name": name, **self._advertiser(), "id_type": self.settings.id_type,
+                "action": "create"})
         if not data.get("audience_id"):
             raise DestinationError(f"tiktok_ads: creating audience '{name}' answered without an audience_id")
         return str(data["audience_id"])

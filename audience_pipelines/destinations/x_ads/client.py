@@ -200,7 +200,8 @@ class XAdsDestination(Destination[XAdsSettings]):
         # `name` and `description` are query parameters; X wants names unique.
         params = {"name": name, "description": DESCRIPTION}
         try:
-            created = self._call("POST", f"{self._account_path()}/custom_audiences", params)
+            with self.http.once():  # a lost answer is looked up by name next run, never sent twice
+                created = self._call("POST", f"{self._account_path()}/custom_audiences", params)
         except DestinationError as exc:
             if exc.fatal:
                 raise
