@@ -34,6 +34,15 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** attempt))
 
 
+def json_object(response: httpx.Response) -> dict:
+    """The answer's JSON object, or {} when it is not one (an HTML error page, an empty 204)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def retry_after_seconds(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:

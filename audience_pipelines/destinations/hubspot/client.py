@@ -27,7 +27,7 @@ from audience_pipelines.contract import (
     KEY, RECORD_ID, AudienceStats, BatchContext, BatchDestination, BatchResult, CredentialsError, DestinationError,
     RowsRefused, TerminalError, sent_columns,
 )
-from audience_pipelines.destinations.http import HttpClient
+from audience_pipelines.destinations.http import HttpClient, json_object
 from audience_pipelines.destinations.hubspot import HubSpotLists, HubSpotSettings
 
 CONTACTS = "0-1"  # HubSpot's objectTypeId for contacts
@@ -41,21 +41,13 @@ ACCESS_PROBE = "audience_pipelines access check"
 NO_CONTACT = "no HubSpot contact with this email (create_profiles is false)"
 
 
-def _body(response: httpx.Response) -> dict:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 def throttle_delay(response: httpx.Response) -> float | None:
     """Seconds to wait before retrying a HubSpot throttle or lock; None leaves it to the HTTP policy."""
     if response.status_code == 423:
         return 2.0  # HubSpot: the record is locked by another request; wait at least 2 s
     if response.status_code != 429:
         return None
-    policy = str(_body(response).get("policyName") or "").upper()
+    policy = str(json_object(response).get("policyName") or "").upper()
     if policy == "DAILY":
         # Raised from here because the shared policy retries every 429; a daily quota resets
         # hours later, so the run stops and commits what was accepted.
@@ -121,7 +113,7 @@ class HubSpotDestination(BatchDestination[HubSpotSettings]):
 
     # -- requests and errors ------------------------------------------------
     def _describe(self, response: httpx.Response) -> str | None:
-        body = _body(response)
+        body = json_object(response)
         if not body.get("message"):
             return None
         kind = "/".join(str(body[k]) for k in ("category", "subCategory") if body.get(k))
@@ -136,7 +128,7 @@ class HubSpotDestination(BatchDestination[HubSpotSettings]):
             raise CredentialsError(f"hubspot: the setting 'access_token' was refused (HTTP 401 on {method} "
                                    f"{path}: {self._describe(response) or 'not authenticated'})", status=401)
         if status == 403:
-            scopes = sorted({s for e in _body(response).get("errors") or [] if isinstance(e, dict)
+            scopes = sorted({s for e in json_object(response).get("errors") or [] if isinstance(e, dict)
                              for s in (e.get("context") or {}).get("requiredGranularScopes") or []})
             lacking = f"lacks the scope(s) {', '.join(scopes)}" if scopes else "is not allowed to do this"
             raise CredentialsError(f"hubspot: the private app of the setting 'access_token' {lacking} "
@@ -150,7 +142,7 @@ class HubSpotDestination(BatchDestination[HubSpotSettings]):
     def _ok(self, response: httpx.Response, method: str, path: str) -> dict:
         if response.status_code >= 400:
             raise DestinationError(self._failure(response, method, path), status=response.status_code)
-        return _body(response)
+        return json_object(response)
 
     # -- the list -------------------------------------------------------------
     def _usable(self, lst: dict) -> str:
@@ -181,7 +173,7 @@ class HubSpotDestination(BatchDestination[HubSpotSettings]):
         with self.http.once():  # a lost answer is looked up by name next run, never sent twice
             response = self._request("POST", LISTS, {"name": name, "objectTypeId": CONTACTS,
                                                      "processingType": self.settings.list_processing_type})
-        body = _body(response)
+        body = json_object(response)
         if response.status_code == 400 and body.get("subCategory") == "ILS.DUPLICATE_LIST_NAMES":
             found = self.find_audience(name)  # another run created it since our lookup
             if found is not None:
@@ -236,7 +228,7 @@ class HubSpotDestination(BatchDestination[HubSpotSettings]):
         if not inputs:
             return {}
         response = self._request("POST", UPSERT, {"inputs": list(inputs.values())})
-        body = _body(response)
+        body = json_object(response)
         if response.status_code == 400:
             unknown = (body.get("context") or {}).get("properties") or []
             if body.get("subCategory") == "PROPERTY_DOESNT_EXIST" or "PROPERTY_DOESNT_EXIST" in str(body):

@@ -26,7 +26,7 @@ from audience_pipelines.contract import (
     AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, MatchListSession,
     Session, SessionContext, TerminalError, sent_columns,
 )
-from audience_pipelines.destinations.http import HttpClient
+from audience_pipelines.destinations.http import HttpClient, json_object
 from audience_pipelines.destinations.linkedin_ads import LinkedInAds, LinkedInSettings
 from audience_pipelines.destinations.oauth import Redactor, RefreshingToken
 from audience_pipelines.identifiers.linkedin import ID_TYPES, LINKEDIN_FIELDS, to_linkedin
@@ -34,14 +34,6 @@ from audience_pipelines.identifiers.linkedin import ID_TYPES, LINKEDIN_FIELDS, t
 PAGE = 100  # segments per page of the account finder
 SEGMENT_URN = "urn:li:dmpSegment:"
 NO_USER_ID = "no email or device id left to send (first_name, last_name and country go only beside one)"
-
-
-def _error(response: httpx.Response) -> dict:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def _element_reason(entry) -> str:
@@ -79,7 +71,7 @@ class LinkedInAdsDestination(Destination[LinkedInSettings]):
 
     # -- calls -------------------------------------------------------------------------------
     def _describe(self, response: httpx.Response) -> str | None:
-        err = _error(response)
+        err = json_object(response)
         if not err.get("message"):
             return None
         code = err.get("code") or err.get("serviceErrorCode")
@@ -145,7 +137,7 @@ class LinkedInAdsDestination(Destination[LinkedInSettings]):
     def check_audience(self, audience_id: str) -> None:
         sid = self._segment_id(audience_id)
         response = self._call("GET", f"dmpSegments/{sid}", allow=(404,))
-        segment = _error(response)
+        segment = json_object(response)
         if response.status_code == 404 or segment.get("account", self.account()) != self.account():
             raise TerminalError(f"linkedin_ads: DMP segment {audience_id} does not exist in ad account "
                                 f"{self.settings.ad_account_id}", status=response.status_code)
@@ -154,7 +146,7 @@ class LinkedInAdsDestination(Destination[LinkedInSettings]):
     def find_audience(self, name: str) -> str | None:
         start, other = 0, None
         while True:
-            body = _error(self._call("GET", self._finder(start, PAGE)))
+            body = json_object(self._call("GET", self._finder(start, PAGE)))
             elements = body.get("elements") or []
             for segment in elements:
                 if segment.get("name") != name:
@@ -176,7 +168,7 @@ class LinkedInAdsDestination(Destination[LinkedInSettings]):
                 "destinations": [{"destination": "LINKEDIN"}]}
         with self.http.once():  # a lost answer is looked up by name next run, never sent twice
             response = self._call("POST", "dmpSegments", json=body)
-        sid = response.headers.get("x-restli-id") or _error(response).get("id")
+        sid = response.headers.get("x-restli-id") or json_object(response).get("id")
         if sid is None:
             raise TerminalError("linkedin_ads: LinkedIn created the DMP segment but named no id (no x-restli-id "
                                 "header, no id in the body)")
@@ -185,7 +177,7 @@ class LinkedInAdsDestination(Destination[LinkedInSettings]):
         return sid
 
     def audience_stats(self, audience_id: str) -> AudienceStats | None:
-        segment = _error(self._call("GET", f"dmpSegments/{self._segment_id(audience_id)}"))
+        segment = json_object(self._call("GET", f"dmpSegments/{self._segment_id(audience_id)}"))
         size, matched = segment.get("audienceSize"), segment.get("matchedCount")
         if size is None and matched is None:
             return None
@@ -211,7 +203,7 @@ class LinkedInAdsDestination(Destination[LinkedInSettings]):
                                   headers={"X-RestLi-Method": "BATCH_CREATE"})
             if response.status_code != 404:
                 self._created.pop(sid, None)  # it exists: a later 404 means it is gone
-                statuses = _error(response).get("elements")
+                statuses = json_object(response).get("elements")
                 if not isinstance(statuses, list):
                     raise DestinationError(f"linkedin_ads: HTTP {response.status_code} on POST dmpSegments/{sid}/users "
                                            "answered without per-element statuses; nothing is taken as applied")

@@ -36,7 +36,7 @@ from audience_pipelines.contract import (
     AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, MatchListSession,
     RowsRefused, Session, SessionContext, TerminalError, sent_columns,
 )
-from audience_pipelines.destinations.http import HttpClient
+from audience_pipelines.destinations.http import HttpClient, json_object
 from audience_pipelines.destinations.oauth import Redactor, RefreshingToken
 from audience_pipelines.destinations.pinterest_ads import PinterestAds, PinterestSettings
 from audience_pipelines.identifiers.pinterest import to_pinterest
@@ -50,17 +50,9 @@ DESCRIPTION = "Managed by audience_pipelines"
 PLACEHOLDER = hashlib.sha256(b"placeholder@audience-pipelines.invalid").hexdigest()
 
 
-def _error_body(response: httpx.Response) -> dict:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 def throttle_delay(response: httpx.Response) -> float | None:
     """Pinterest throttles with 429 and code 8: wait Retry-After if given, else back off with jitter."""
-    if response.status_code != 429 and _error_body(response).get("code") != THROTTLE_CODE:
+    if response.status_code != 429 and json_object(response).get("code") != THROTTLE_CODE:
         return None
     retry_after = response.headers.get("Retry-After", "")
     try:
@@ -99,7 +91,7 @@ class PinterestAdsDestination(Destination[PinterestSettings]):
 
     # -- calls -------------------------------------------------------------------------------
     def _describe(self, response: httpx.Response) -> str | None:
-        body = _error_body(response)
+        body = json_object(response)
         if "code" not in body and "message" not in body:
             return None
         return self._redact(f"Pinterest error code {body.get('code')}: {body.get('message', '')}")

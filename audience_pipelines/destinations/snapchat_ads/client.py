@@ -36,7 +36,7 @@ from audience_pipelines.contract import (
     AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, MatchListSession,
     RowsRefused, Session, SessionContext, TerminalError,
 )
-from audience_pipelines.destinations.http import HttpClient
+from audience_pipelines.destinations.http import HttpClient, json_object
 from audience_pipelines.destinations.oauth import RefreshingToken
 from audience_pipelines.destinations.snapchat_ads import MAX_IDENTIFIERS, SnapchatAds, SnapchatSettings
 from audience_pipelines.identifiers.snapchat import SNAP_SCHEMAS, to_snap
@@ -46,14 +46,6 @@ MAX_NAME = 375
 PERMISSION_CODE = "E3002"
 SCHEMAS = frozenset(SNAP_SCHEMAS.values())
 _ID = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _json(response: httpx.Response) -> dict:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def _success(status) -> bool:
@@ -80,7 +72,7 @@ class SnapchatAdsDestination(Destination[SnapchatSettings]):
     # -- calls -------------------------------------------------------------------------------
     def _describe(self, response: httpx.Response) -> str | None:
         """Snap's error code and message: the status alone does not say why."""
-        body = _json(response)
+        body = json_object(response)
         text = body.get("debug_message") or body.get("display_message")
         if not text and not body.get("error_code"):
             return None
@@ -100,7 +92,7 @@ class SnapchatAdsDestination(Destination[SnapchatSettings]):
                 continue
             if response.status_code >= 400:
                 raise self._error(method, path, response)
-            return _json(response)
+            return json_object(response)
         raise AssertionError("unreachable")
 
     def _error(self, method: str, path: str, response: httpx.Response) -> DestinationError:
@@ -111,7 +103,7 @@ class SnapchatAdsDestination(Destination[SnapchatSettings]):
             return CredentialsError(f"snapchat_ads: the access token from the setting 'refresh_token' was refused: "
                                     f"{message}", status=status)
         if status == 403:
-            why = ("the credentials may not act on ad account " if _json(response).get("error_code") == PERMISSION_CODE
+            why = ("the credentials may not act on ad account " if json_object(response).get("error_code") == PERMISSION_CODE
                    else "access refused for ad account ")
             return TerminalError(f"snapchat_ads: {why}{self.settings.ad_account_id} (check 'ad_account_id' and the "
                                  f"user's role on it): {message}", status=status)

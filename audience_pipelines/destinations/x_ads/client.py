@@ -31,7 +31,7 @@ from audience_pipelines.contract import (
     AudienceStats, BatchContext, BatchResult, CredentialsError, Destination, DestinationError, MatchListSession,
     RowsRefused, Session, SessionContext, TerminalError, sent_columns,
 )
-from audience_pipelines.destinations.http import HttpClient
+from audience_pipelines.destinations.http import HttpClient, json_object
 from audience_pipelines.destinations.oauth import Redactor
 from audience_pipelines.destinations.x_ads import XAds, XAdsSettings
 from audience_pipelines.destinations.x_ads.oauth1 import OAuth1
@@ -44,14 +44,6 @@ RESET_HEADERS = (("x-rate-limit-reset", "x-rate-limit-remaining"),
                  ("x-account-rate-limit-reset", "x-account-rate-limit-remaining"))
 _ID = re.compile(r"^[A-Za-z0-9]+$")
 _USER_AT = re.compile(r"users\[(\d+)\]")
-
-
-def _body(response: httpx.Response) -> dict:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def _error_objects(node) -> list[dict]:
@@ -101,7 +93,7 @@ class XAdsDestination(Destination[XAdsSettings]):
     # -- calls and errors ----------------------------------------------------------------------
     def _describe(self, response: httpx.Response) -> str | None:
         """X's error codes and messages: the status alone (400 for most) does not say why."""
-        body = _body(response)
+        body = json_object(response)
         errors = _error_objects(body.get("errors")) + _error_objects(body.get("operation_errors"))
         if not errors:
             return None
@@ -112,7 +104,7 @@ class XAdsDestination(Destination[XAdsSettings]):
 
     def _error(self, response: httpx.Response, method: str, path: str) -> DestinationError:
         status = response.status_code
-        codes = {e.get("code") for e in _error_objects(_body(response).get("errors"))}
+        codes = {e.get("code") for e in _error_objects(json_object(response).get("errors"))}
         described = self._describe(response) or self._redact(response.text[:200]) or "no error body"
         message = f"HTTP {status} on {method} {path}: {described}"
         if status == 401:
@@ -129,7 +121,7 @@ class XAdsDestination(Destination[XAdsSettings]):
         response = self.http.request(method, path, params=params, auth=self._auth)
         if response.status_code >= 400:
             raise self._error(response, method, path)
-        return _body(response)
+        return json_object(response)
 
     def _account_path(self) -> str:
         return f"accounts/{self.settings.account_id}"
@@ -241,7 +233,7 @@ class XAdsDestination(Destination[XAdsSettings]):
             body = _body_of(operation_type, [users[i] for i in positions])
             response = self.http.request("POST", path, content=body, auth=self._auth,
                                          headers={"Content-Type": "application/json"})
-            answer = _body(response)
+            answer = json_object(response)
             item_errors = _error_objects(answer.get("operation_errors"))
             if response.status_code < 400 and not item_errors:
                 data = answer.get("data") or {}
