@@ -150,3 +150,27 @@ def test_a_falling_match_rate_is_a_warning_beside_the_run(home, meta):
     assert check.metadata["previous_match_rate"].value == 1.0
     assert "match rate fell from 100.0% to" in check.description
     assert instance.get_latest_materialization_event(key) is not None
+
+
+def test_a_size_that_arrives_after_the_run_is_recorded_by_the_sync_s_sensor(home, meta):
+    instance = dg.DagsterInstance.ephemeral()
+    key = dg.AssetKey(["syncs", "vip_buyers_to_meta_ads"])
+    with project_defs(extra=project()) as defs:
+        sensor = defs.resolve_sensor_def("sync_vip_buyers_to_meta_ads_audience_size")
+        with dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources) as context:
+            skipped = sensor.evaluate_tick(context)
+        assert "has not run yet" in skipped.skip_message
+
+        result = materialize(defs, "audiences/vip_buyers", "syncs/vip_buyers_to_meta_ads", instance=instance)
+        held = metadata(result, "syncs/vip_buyers_to_meta_ads")["dagster/row_count"]
+        meta.match_share = 0.5  # Meta has matched half of them by now
+        with dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources) as context:
+            observed = sensor.evaluate_tick(context)
+    [event] = observed.asset_events
+    assert event.asset_key == key
+    values = {k: v.value for k, v in event.metadata.items()}
+    audience_id = meta.audience_id_by_name("vip_buyers")
+    size = int(len(meta.members(audience_id)) * 0.5)
+    assert values["audience_size"] == size and values["members_held"] == held
+    assert values["match_rate"] == pytest.approx(size / held)
+    assert values["destination_audience_id"] == audience_id

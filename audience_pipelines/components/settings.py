@@ -15,6 +15,8 @@ class Settings(dg.Component, dg.Model, dg.Resolvable):
 
     schedules: Literal["stopped", "running"] = "stopped"
     automation_interval_seconds: int = 30
+    # How often the audience-size sensors ask each platform again (sizes arrive hours after an upload).
+    audience_size_interval_seconds: int = 3600
 
     @property
     def running(self) -> bool:
@@ -38,3 +40,8 @@ def schedules_running(context: dg.ComponentLoadContext) -> bool:
 def automation_interval_seconds(context: dg.ComponentLoadContext) -> int:
     settings = find_optional(context, Settings)
     return settings.automation_interval_seconds if settings else 30
+
+
+def audience_size_interval_seconds(context: dg.ComponentLoadContext) -> int:
+    settings = find_optional(context, Settings)
+    return settings.audience_size_interval_seconds if settings else 3600

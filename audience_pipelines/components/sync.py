@@ -14,14 +14,16 @@ from audience_pipelines.components.entity import Entity
 from audience_pipelines.components.schedules import (
     MANUAL, ON_AUDIENCE_UPDATE, ScheduleChoice, build_schedule, cron_of, describe, human, runs_per_four_weeks,
 )
-from audience_pipelines.components.settings import FULL_RESYNC_TAG, automation_interval_seconds, schedules_running
+from audience_pipelines.components.settings import (
+    FULL_RESYNC_TAG, audience_size_interval_seconds, automation_interval_seconds, schedules_running,
+)
 from audience_pipelines.components.yaml_text import Text
 from audience_pipelines.contract import Target
 from audience_pipelines.engine import (
     AudiencePipelinesError, ConfigError, MassRemovalBlocked, RunOptions, SyncResult, SyncSpec, run_sync,
 )
 from audience_pipelines.engine.history import RunRecord
-from audience_pipelines.engine.sync import MODES, REMOVALS, RUN_KIND_TEXT, planned_run_kind
+from audience_pipelines.engine.sync import MODES, REMOVALS, RUN_KIND_TEXT, audience_report, planned_run_kind
 from audience_pipelines.engine.targets import run_by_column
 from audience_pipelines.resources import AudienceStorage
 
@@ -104,6 +106,44 @@ def result_metadata(r: SyncResult, error: str | None = None) -> dict:
         "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in r.notes)) if r.notes else dg.MetadataValue.null(),
         **({"error": dg.MetadataValue.md(error)} if error else {}),
     }
+
+
+def audience_size_sensor_name(sync: str) -> str:
+    return f"sync_{sync}_audience_size"
+
+
+def audience_size_sensor(sync: str, key: dg.AssetKey, dest_key: str, running: bool,
+                         interval_s: int) -> dg.SensorDefinition:
+    """Reads back what the platform reports for the sync's audience between runs, as an observation on
+    the sync: platforms fill sizes in hours after an upload, long after the run that sent it."""
+
+    @dg.sensor(name=audience_size_sensor_name(sync), minimum_interval_seconds=interval_s,
+               required_resource_keys={"audience_storage", dest_key},
+               default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED,
+               description=f"Records the size and match rate the platform now reports for sync '{sync}''s "
+                           "audience (they arrive hours after an upload)")
+    def _audience_size(context: dg.SensorEvaluationContext):
+        storage: AudienceStorage = context.resources.audience_storage
+        manifest = storage.snapshot_store(sync).manifest()
+        if manifest is None or not manifest.destination_audience_id:
+            return dg.SkipReason(f"sync '{sync}' has not run yet")
+        destination = getattr(context.resources, dest_key).open(storage.root)
+        try:
+            report = audience_report(destination, manifest.destination_audience_id, manifest.rows)
+        finally:
+            destination.close()
+        if report is None or report[0] is None:
+            return dg.SkipReason(f"the platform reports no size for audience {manifest.destination_audience_id} yet")
+        size, rate, basis = report
+        return dg.SensorResult(asset_events=[dg.AssetObservation(asset_key=key, metadata={
+            "audience_size": dg.MetadataValue.int(size),
+            "match_rate": dg.MetadataValue.float(rate) if rate is not None else dg.MetadataValue.null(),
+            "match_rate_basis": basis or dg.MetadataValue.null(),
+            "destination_audience_id": manifest.destination_audience_id,
+            "members_held": manifest.rows,
+        })])
+
+    return _audience_size
 
 
 def last_match_rate(context: dg.AssetExecutionContext, key: dg.AssetKey) -> float | None:
@@ -399,6 +439,9 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             description=f"Runs sync '{self.name}' whenever audience '{audience.name}' is materialized; "
                         "stop it to pause the sync",
         )] if self.schedule == ON_AUDIENCE_UPDATE else []
+        if reports_match and not spec.target_column:
+            sensors.append(audience_size_sensor(spec.name, key, dest_key, running,
+                                                audience_size_interval_seconds(context)))
         return dg.Definitions(assets=[_sync], schedules=schedules, sensors=sensors)
 
 

@@ -278,20 +278,31 @@ def run_sync(
                 "the next run sends the rest.", result=result,
             ) from outcome.error
         try:
-            stats = destination.audience_stats(audience_id)
+            report = audience_report(destination, audience_id, result.snapshot_rows)
         except Exception as exc:  # a read-back is informative only
-            stats = None
+            report = None
             notes.append(f"could not read the audience size back: {type(exc).__name__}")
-        if stats is not None:
-            result.audience_size, result.match_rate = stats.size, stats.match_rate
-            result.match_rate_basis = "reported by the platform" if stats.match_rate is not None else None
-            if stats.match_rate is None and stats.size is not None and result.snapshot_rows \
-                    and destination.capabilities.hashes_identifiers:
-                # Matched people over people sent: the size an ad platform reports counts matches only.
-                result.match_rate = min(1.0, stats.size / result.snapshot_rows)
-                result.match_rate_basis = "audience size / members held"
+        if report is not None:
+            result.audience_size, result.match_rate, result.match_rate_basis = report
     result.duration_s = time.monotonic() - started
     return result
+
+
+def audience_report(destination: Destination, audience_id: str, held: int) -> tuple[int | None, float | None,
+                                                                                    str | None] | None:
+    """(audience size, match rate, where the rate comes from) as the platform reports them now, or None.
+
+    Where the platform gives only the size of the matched audience, the match rate is that size over
+    the members the sync holds: an ad platform's size counts the people it matched.
+    """
+    stats = destination.audience_stats(audience_id)
+    if stats is None:
+        return None
+    if stats.match_rate is not None:
+        return stats.size, stats.match_rate, "reported by the platform"
+    if stats.size is not None and held and destination.capabilities.hashes_identifiers:
+        return stats.size, min(1.0, stats.size / held), "audience size / members held"
+    return stats.size, None, None
 
 
 def _recover_session(destination: Destination, store: SnapshotStore, audience_id: str, audience_changed: bool,
