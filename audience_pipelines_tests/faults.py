@@ -13,6 +13,7 @@ kill -9 fault runs a sync in.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from abc import ABC, abstractmethod
 import json
@@ -107,6 +108,59 @@ class Case(ABC):
 
     def disarm(self) -> None:
         """Clear every injected fault."""
+
+
+class PlatformCase(Case):
+    """A platform behind a fake server: audiences kept by id and found by name; identifiers only.
+
+    A case names its fake, its client and its own `settings(**overrides)`; the rest is the same everywhere.
+    """
+
+    fields: dict[str, str] = {}
+    names_audiences = True
+
+    fake_cls: type  # started by `open` with `fake_args`
+    fake_args: dict = {}
+    client_cls: type[Destination]
+    # How the fake exposes audiences: the property holding them by id, the key of a name, the lookup by name.
+    audiences: str = "audiences"
+    name_key: str = "name"
+    find_audience: str = "audience_id_by_name"
+    # The fake's method forgetting the rows a fault refused (injections are cleared for every case).
+    clear_refusals: str = "clear_rejected_values"
+
+    def __init__(self, fake):
+        self.fake = fake
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, tmp_path):
+        with cls.fake_cls(**cls.fake_args) as server:
+            yield cls(server)
+
+    @abstractmethod
+    def settings(self, **overrides):
+        """The client's settings against the fake; `overrides` replace some (a revoked token, say)."""
+
+    def destination(self, **overrides) -> Destination:
+        return self.client_cls(self.settings(**overrides), sleep=lambda s: None)
+
+    def spec(self):
+        return self.client_cls.destination_type.name, plain_settings(self.settings())
+
+    def audience_names(self):
+        return [a[self.name_key] for a in getattr(self.fake, self.audiences).values()]
+
+    def audience_id(self, name: str):
+        return getattr(self.fake, self.find_audience)(name)
+
+    def state(self):
+        aid = self.audience_id("vip")
+        return self.fake.members(aid) if aid else set()
+
+    def disarm(self):
+        self.fake.clear_injections()
+        getattr(self.fake, self.clear_refusals)()
 
 
 @dataclass

@@ -2,52 +2,28 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from audience_pipelines.destinations.google_ads import GoogleAdsSettings
 from audience_pipelines.destinations.google_ads.client import GoogleAdsDestination
 from audience_pipelines_tests.cases import TIMEOUT_S, h
 from audience_pipelines_tests.fakes.google_ads import FakeGoogleAds
-from audience_pipelines_tests.faults import Case, plain_settings
+from audience_pipelines_tests.faults import PlatformCase
 
 
-class GoogleAdsCase(Case):
+class GoogleAdsCase(PlatformCase):
     name = "google_ads"
-    identifiers = {"email": "email"}
-    fields = {}  # Customer Match takes identifiers only
-
-    names_audiences = True
     create_request = ("POST", r"/userLists:mutate$")
+    fake_cls, fake_args, client_cls = FakeGoogleAds, {"running_polls": 1}, GoogleAdsDestination
+    audiences, find_audience = "user_lists", "user_list_id_by_name"
 
-    def audience_names(self):
-        return [u["name"] for u in self.fake.user_lists.values()]
-
-    def __init__(self, fake: FakeGoogleAds):
-        self.fake = fake
-
-    def settings(self, **wrong) -> GoogleAdsSettings:
+    def settings(self, **overrides) -> GoogleAdsSettings:
         return GoogleAdsSettings(**{
             "customer_id": self.fake.customer_id, "developer_token": self.fake.developer_token,
             "client_id": self.fake.client_id, "client_secret": self.fake.client_secret,
             "refresh_token": self.fake.refresh_token, "base_url": self.fake.origin, "token_url": self.fake.token_url,
-            "timeout_s": TIMEOUT_S, "poll_interval_s": 0.01, "poll_timeout_s": 5, **wrong})
-
-    def destination(self, **wrong):
-        return GoogleAdsDestination(self.settings(**wrong), sleep=lambda s: None)
-
-    def spec(self):
-        return "google_ads", plain_settings(self.settings())
-
-    def state(self):
-        lid = self.fake.user_list_id_by_name("vip")
-        return self.fake.members(lid) if lid else set()
+            "timeout_s": TIMEOUT_S, "poll_interval_s": 0.01, "poll_timeout_s": 5, **overrides})
 
     def expected(self, members):
         return {frozenset({("hashedEmail", h(e))}) for e, _ in members.values()}
-
-    def disarm(self):
-        self.fake.clear_injections()
-        self.fake.clear_rejected_values()
 
     faults = {
         "throttle": lambda c: c.fake.inject_resource_exhausted(times=8, retry_delay="0s"),
@@ -60,12 +36,6 @@ class GoogleAdsCase(Case):
             [h("moved3@example.com"), h("user20@example.com"), h("user1@example.com")]),
         "bad credentials": lambda c: c.destination(refresh_token="1//revoked"),
     }
-
-    @classmethod
-    @contextlib.contextmanager
-    def open(cls, tmp_path):
-        with FakeGoogleAds(running_polls=1) as server:
-            yield cls(server)
 
 
 CASES = [GoogleAdsCase]

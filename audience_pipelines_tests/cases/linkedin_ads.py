@@ -2,51 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from audience_pipelines.destinations.linkedin_ads import LinkedInSettings
 from audience_pipelines.destinations.linkedin_ads.client import LinkedInAdsDestination
 from audience_pipelines_tests.cases import TIMEOUT_S, h
 from audience_pipelines_tests.fakes.linkedin import FakeLinkedIn
-from audience_pipelines_tests.faults import Case, plain_settings
+from audience_pipelines_tests.faults import PlatformCase
 
 TOKEN = "AQV-matrix-member-token"
 
 
-class LinkedInCase(Case):
+class LinkedInCase(PlatformCase):
     name = "linkedin_ads"
-    identifiers = {"email": "email"}
-    fields = {}  # LinkedIn takes identifiers only
-
-    names_audiences = True
     create_request = ("POST", r"/dmpSegments$")
+    fake_cls, client_cls = FakeLinkedIn, LinkedInAdsDestination
+    fake_args = {"access_token": TOKEN, "ad_account_id": "5123"}
+    audiences, find_audience = "segments", "segment_id_by_name"
 
-    def audience_names(self):
-        return [s["name"] for s in self.fake.segments.values()]
-
-    def __init__(self, fake: FakeLinkedIn):
-        self.fake = fake
-
-    def settings(self, token=TOKEN) -> LinkedInSettings:
-        return LinkedInSettings(ad_account_id=self.fake.ad_account_id, access_token=token, base_url=self.fake.url,
-                                timeout_s=TIMEOUT_S, creation_wait_s=0)
-
-    def destination(self, token=TOKEN):
-        return LinkedInAdsDestination(self.settings(token), sleep=lambda s: None)
-
-    def spec(self):
-        return "linkedin_ads", plain_settings(self.settings())
-
-    def state(self):
-        sid = self.fake.segment_id_by_name("vip")
-        return self.fake.members(sid) if sid else set()
+    def settings(self, **overrides) -> LinkedInSettings:
+        return LinkedInSettings(**{
+            "ad_account_id": self.fake.ad_account_id, "access_token": TOKEN, "base_url": self.fake.url,
+            "timeout_s": TIMEOUT_S, "creation_wait_s": 0, **overrides})
 
     def expected(self, members):
         return {frozenset({("SHA256_EMAIL", h(e))}) for e, _ in members.values()}
-
-    def disarm(self):
-        self.fake.clear_injections()
-        self.fake.clear_rejected_values()
 
     faults = {
         "throttle": lambda c: c.fake.inject_throttle(times=8),  # HTTP 429, past the 6 attempts
@@ -57,14 +35,8 @@ class LinkedInCase(Case):
         # k3's new email, the joiner k20 and the leaver k1: element statuses 400
         "per-row rejection": lambda c: c.fake.reject_values(
             [h("moved3@example.com"), h("user20@example.com"), h("user1@example.com")]),
-        "bad credentials": lambda c: c.destination(token="AQV-revoked"),
+        "bad credentials": lambda c: c.destination(access_token="AQV-revoked"),
     }
-
-    @classmethod
-    @contextlib.contextmanager
-    def open(cls, tmp_path):
-        with FakeLinkedIn(access_token=TOKEN, ad_account_id="5123") as server:
-            yield cls(server)
 
 
 CASES = [LinkedInCase]

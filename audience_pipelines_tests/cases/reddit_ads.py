@@ -6,52 +6,27 @@ for the whole request, which the engine narrows down by sending parts of the bat
 
 from __future__ import annotations
 
-import contextlib
-
 from audience_pipelines.destinations.reddit_ads import RedditAdsSettings
 from audience_pipelines.destinations.reddit_ads.client import RedditAdsDestination
 from audience_pipelines_tests.cases import TIMEOUT_S, h
 from audience_pipelines_tests.fakes.reddit import FakeReddit
-from audience_pipelines_tests.faults import Case, plain_settings
+from audience_pipelines_tests.faults import PlatformCase
 
 
-class RedditAdsCase(Case):
+class RedditAdsCase(PlatformCase):
     name = "reddit_ads"
-    identifiers = {"email": "email"}
-    fields = {}  # Reddit takes identifiers only
-
-    names_audiences = True
     create_request = ("POST", r"/ad_accounts/[^/]+/custom_audiences$")
+    fake_cls, client_cls = FakeReddit, RedditAdsDestination
 
-    def __init__(self, fake: FakeReddit):
-        self.fake = fake
-
-    def audience_names(self):
-        return [a["name"] for a in self.fake.audiences.values()]
-
-    def settings(self, **wrong) -> RedditAdsSettings:
+    def settings(self, **overrides) -> RedditAdsSettings:
         return RedditAdsSettings(**{
             "ad_account_id": self.fake.ad_account_id, "client_id": self.fake.client_id,
             "client_secret": self.fake.client_secret, "refresh_token": self.fake.refresh_token,
             "reddit_username": "audience_bot", "base_url": self.fake.url, "token_url": self.fake.token_url,
-            "timeout_s": TIMEOUT_S, **wrong})
-
-    def destination(self, **wrong):
-        return RedditAdsDestination(self.settings(**wrong), sleep=lambda s: None)
-
-    def spec(self):
-        return "reddit_ads", plain_settings(self.settings())
-
-    def state(self):
-        aid = self.fake.audience_id_by_name("vip")
-        return self.fake.members(aid) if aid else set()
+            "timeout_s": TIMEOUT_S, **overrides})
 
     def expected(self, members):
         return {frozenset({("EMAIL_SHA256", h(e))}) for e, _ in members.values()}
-
-    def disarm(self):
-        self.fake.clear_injections()
-        self.fake.clear_rejected_values()
 
     faults = {
         "throttle": lambda c: c.fake.inject_throttle(times=8, retry_after=0),  # past the 6 attempts
@@ -64,12 +39,6 @@ class RedditAdsCase(Case):
             [h("moved3@example.com"), h("user20@example.com"), h("user1@example.com")]),
         "bad credentials": lambda c: c.destination(refresh_token="revoked-refresh-token"),
     }
-
-    @classmethod
-    @contextlib.contextmanager
-    def open(cls, tmp_path):
-        with FakeReddit() as server:
-            yield cls(server)
 
 
 CASES = [RedditAdsCase]

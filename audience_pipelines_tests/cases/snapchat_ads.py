@@ -2,51 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from audience_pipelines.destinations.snapchat_ads import SnapchatSettings
 from audience_pipelines.destinations.snapchat_ads.client import SnapchatAdsDestination
 from audience_pipelines_tests.cases import TIMEOUT_S, h
 from audience_pipelines_tests.fakes.snapchat import FakeSnapchat
-from audience_pipelines_tests.faults import Case, plain_settings
+from audience_pipelines_tests.faults import PlatformCase
 
 
-class SnapchatCase(Case):
+class SnapchatCase(PlatformCase):
     name = "snapchat_ads"
-    identifiers = {"email": "email"}
-    fields = {}  # Snap takes identifiers only
-
-    names_audiences = True
     create_request = ("POST", r"/adaccounts/[^/]+/segments$")
+    fake_cls, client_cls = FakeSnapchat, SnapchatAdsDestination
+    audiences, find_audience = "segments", "segment_id_by_name"
 
-    def __init__(self, fake: FakeSnapchat):
-        self.fake = fake
-
-    def audience_names(self):
-        return [s["name"] for s in self.fake.segments.values()]
-
-    def settings(self, **wrong) -> SnapchatSettings:
+    def settings(self, **overrides) -> SnapchatSettings:
         return SnapchatSettings(**{
             "ad_account_id": self.fake.ad_account_id, "client_id": self.fake.client_id,
             "client_secret": self.fake.client_secret, "refresh_token": self.fake.refresh_token,
-            "token_url": self.fake.token_url, "base_url": self.fake.url, "timeout_s": TIMEOUT_S, **wrong})
-
-    def destination(self, **wrong):
-        return SnapchatAdsDestination(self.settings(**wrong), sleep=lambda s: None)
-
-    def spec(self):
-        return "snapchat_ads", plain_settings(self.settings())
-
-    def state(self):
-        sid = self.fake.segment_id_by_name("vip")
-        return self.fake.members(sid) if sid else set()
+            "token_url": self.fake.token_url, "base_url": self.fake.url, "timeout_s": TIMEOUT_S, **overrides})
 
     def expected(self, members):
         return {("EMAIL_SHA256", h(e)) for e, _ in members.values()}
-
-    def disarm(self):
-        self.fake.clear_injections()
-        self.fake.clear_rejected_values()
 
     faults = {
         "throttle": lambda c: c.fake.inject_throttle(times=8),  # HTTP 429, past the 6 attempts
@@ -62,12 +38,6 @@ class SnapchatCase(Case):
         "permission revoked (E3002)": lambda c: c.fake.inject_permission_denied(times=1),
         "bad credentials": lambda c: c.destination(refresh_token="revoked-refresh-token"),
     }
-
-    @classmethod
-    @contextlib.contextmanager
-    def open(cls, tmp_path):
-        with FakeSnapchat() as server:
-            yield cls(server)
 
 
 CASES = [SnapchatCase]

@@ -2,52 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from audience_pipelines.destinations.x_ads import XAdsSettings
 from audience_pipelines.destinations.x_ads.client import XAdsDestination
 from audience_pipelines_tests.cases import TIMEOUT_S, h
 from audience_pipelines_tests.fakes.x_ads import FakeXAds
-from audience_pipelines_tests.faults import Case, plain_settings
+from audience_pipelines_tests.faults import PlatformCase
 
 
-class XAdsCase(Case):
+class XAdsCase(PlatformCase):
     name = "x_ads"
     identifiers = {"email": "email", "external_id": "key"}
-    fields = {}  # X takes identifiers only
-
-    names_audiences = True
     create_request = ("POST", r"/accounts/[^/]+/custom_audiences$")
+    fake_cls, client_cls = FakeXAds, XAdsDestination
 
-    def audience_names(self):
-        return [a["name"] for a in self.fake.audiences.values()]
-
-    def __init__(self, fake: FakeXAds):
-        self.fake = fake
-
-    def settings(self, **wrong) -> XAdsSettings:
+    def settings(self, **overrides) -> XAdsSettings:
         fake = self.fake
         return XAdsSettings(**{
             "account_id": fake.account_id, "consumer_key": fake.consumer_key,
             "consumer_secret": fake.consumer_secret, "access_token": fake.access_token,
-            "access_token_secret": fake.access_token_secret, "base_url": fake.url, "timeout_s": TIMEOUT_S, **wrong})
-
-    def destination(self, **wrong):
-        return XAdsDestination(self.settings(**wrong), sleep=lambda s: None)
-
-    def spec(self):
-        return "x_ads", plain_settings(self.settings())
-
-    def state(self):
-        aid = self.fake.audience_id_by_name("vip")
-        return self.fake.members(aid) if aid else set()
+            "access_token_secret": fake.access_token_secret, "base_url": fake.url, "timeout_s": TIMEOUT_S,
+            **overrides})
 
     def expected(self, members):
         return {frozenset({("email", h(e)), ("partner_user_id", k)}) for k, (e, _) in members.items()}
-
-    def disarm(self):
-        self.fake.clear_injections()
-        self.fake.clear_rejected_values()
 
     def _reject_rows(self):
         # k3's new email and the leaver k1 are named in operation_errors; the joiner k20's error names
@@ -65,12 +42,6 @@ class XAdsCase(Case):
         "success_count short": lambda c: c.fake.inject_miscount(times=2),
         "bad credentials": lambda c: c.destination(access_token_secret="revoked-token-secret"),
     }
-
-    @classmethod
-    @contextlib.contextmanager
-    def open(cls, tmp_path):
-        with FakeXAds() as server:
-            yield cls(server)
 
 
 CASES = [XAdsCase]
