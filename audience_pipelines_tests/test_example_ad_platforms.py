@@ -30,6 +30,18 @@ PLATFORMS = {
 }
 AUDIENCE = "loyal_customers"
 # Kinds of the demo entity (customers) each platform takes, so one-click sends them all.
+# Each platform's default audience type, as its fake holds the audience the one-click sync created.
+DEFAULT_TYPE = {
+    "meta_ads": ("subtype", "CUSTOM"),
+    "google_ads": ("crmBasedUserList", {"uploadKeyType": "CONTACT_INFO", "dataSourceType": "FIRST_PARTY"}),
+    "linkedin": ("type", "USER"),
+    "tiktok": ("id_type", "EMAIL_SHA256"),
+    "snapchat": ("source_type", "FIRST_PARTY"),
+    "pinterest": ("type", "customerlist"),
+    "reddit": ("type", "CUSTOMER_LIST"),
+    "microsoft_ads": ("Type", "CustomerList"),
+    "x_ads": ("audience_type", "CRM"),
+}
 ENTITY_ORDER = ["email", "phone", "first_name", "last_name", "country", "zip", "device_id"]
 
 
@@ -80,11 +92,19 @@ def test_the_nine_syncs_reach_the_nine_fakes(home, platforms):
             # Every member sent or set aside for want of an identifier this platform takes.
             assert m["rows_added"] + m["rows_set_aside"] == members.num_rows, destination
             assert case.audience_names() == [AUDIENCE], destination  # named after the audience, created once
+            held = getattr(case.fake, case.audiences)[case.audience_id(AUDIENCE)]
+            field, value = DEFAULT_TYPE[destination]
+            assert held[field] == value, (destination, held)
             if m["audience_size"] is not None:
                 assert 0 < m["match_rate"] <= 1, destination
             _, settings = case.spec()
             for secret in _secrets(settings):
                 assert secret not in logs, destination
+
+        # Pinterest: the customer list, and the CUSTOMER_LIST audience built on it that campaigns target.
+        pinterest = platforms["pinterest"]
+        [wrapping] = pinterest.fake.audiences_of(pinterest.audience_id(AUDIENCE))
+        assert wrapping["name"] == AUDIENCE
 
         again = materialize(defs, *keys, instance=instance)
         for destination in PLATFORMS:
