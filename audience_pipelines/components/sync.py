@@ -4,7 +4,6 @@ from typing import Literal
 
 import dagster as dg
 import pyarrow.parquet as pq
-
 from pydantic import PrivateAttr
 
 from audience_pipelines.components.audience import Audience, audience_key
