@@ -224,6 +224,10 @@ class Destination(ABC, Generic[S]):
     def check_audience(self, audience_id: str) -> None:
         """Raise TerminalError when the audience does not exist (nothing is created)."""
 
+    def check_fields(self, columns: dict[str, pa.DataType]) -> None:
+        """Raise TerminalError naming each mapped field (name -> its column's Arrow type) the platform
+        cannot take, before anything is sent (`contract.fields.check_field_kinds`). Default: all taken."""
+
     @abstractmethod
     def open_session(self, ctx: SessionContext) -> Session: ...
 
