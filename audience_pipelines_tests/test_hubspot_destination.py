@@ -21,7 +21,7 @@ FIELDS = {"firstname": "first_name", "plan": "plan", "signup_date": "signed_up"}
 @pytest.fixture
 def hs():
     with FakeHubSpot(access_token=TOKEN,
-                     contact_properties=DEFAULT_CONTACT_PROPERTIES | {"signup_date"}) as server:
+                     contact_properties={**DEFAULT_CONTACT_PROPERTIES, "signup_date": "date"}) as server:
         yield server
 
 
@@ -152,7 +152,8 @@ def test_create_profiles_false_skips_members_without_a_contact(hs, store):
     assert hs.contact_by_email("bob@example.com") is None and len(hs.contacts) == 1
     assert not [r for r in hs.requests if r.path == UPSERT]
     assert hs.member_emails(lid) == {"ann@example.com"} and set(record_ids(store)) == {"k1"}
-    assert hs.contacts[hs.contact_by_email("ann@example.com")["id"]]["firstname"] == "Annie"  # not written
+    # The existing contact gets the mapped fields, by id (no upsert that could create one).
+    assert hs.contacts[hs.contact_by_email("ann@example.com")["id"]]["firstname"] == "Ann"
 
     hs.create_contact("bob@example.com")  # created in HubSpot since
     second = run(hs, store, rows, "r2", dest=destination(hs, create_profiles=False))
@@ -286,11 +287,21 @@ def test_missing_scopes_are_named():
         assert hs.members(lid) == set() and TOKEN not in repr(dest.settings)
 
 
-def test_unknown_property_stops_the_run_naming_it(hs, store):
-    with pytest.raises(SyncAborted) as err:
+def test_unknown_property_stops_the_run_naming_it_before_anything_is_created(hs, store):
+    with pytest.raises(TerminalError) as err:
         run(hs, store, BASE, "r1", fields={"favourite_colour": "plan"})
-    assert "favourite_colour" in str(err.value) and "'fields'" in str(err.value)
-    assert isinstance(err.value.__cause__, TerminalError) and hs.contacts == {}
+    assert "field 'favourite_colour': the platform has no property 'favourite_colour'" in str(err.value)
+    assert str(err.value).startswith("sync 'hs': hubspot: 1 mapped field(s)")
+    assert hs.contacts == {} and hs.lists == {} and store.manifest() is None
+
+
+def test_a_column_of_the_wrong_kind_for_a_property_stops_the_run_naming_it(hs, store):
+    # `signed_up` holds dates; HubSpot's `lifetime_value` holds numbers.
+    with pytest.raises(TerminalError) as err:
+        run(hs, store, BASE, "r1", fields={"lifetime_value": "signed_up", "plan": "plan"})
+    assert ("field 'lifetime_value': a date column (date32[day]) cannot go to property 'lifetime_value', which "
+            "holds a number") in str(err.value)
+    assert hs.contacts == {} and hs.lists == {}
 
 
 def test_target_id_that_does_not_exist(hs, store):

@@ -178,6 +178,13 @@ def run_sync(
                                 spec.default_region, spec.region_column)
         notes: list[str] = []
         registry = options.registry or AudienceRegistry(store.root / REGISTRY_DIR)
+        if payload.field_columns and spec.sends_adds:  # before anything is created or sent
+            try:
+                destination.check_access()
+                destination.check_fields({c: payload.table.schema.field(c).type for c in payload.field_columns})
+            except DestinationError as exc:
+                kind = type(exc) if isinstance(exc, TerminalError) else TerminalError
+                raise kind(f"sync '{spec.name}': {exc}", status=exc.status) from exc
         manifest = store.manifest()
         target = spec.target
         if spec.keep_target and manifest and manifest.destination_audience_id:
@@ -188,11 +195,6 @@ def run_sync(
             kind = type(exc) if isinstance(exc, TerminalError) else TerminalError
             raise kind(f"sync '{spec.name}': could not open the destination audience "
                        f"({target.describe()}): {exc}", status=exc.status) from exc
-        if payload.field_columns and spec.sends_adds:
-            try:
-                destination.check_fields({c: payload.table.schema.field(c).type for c in payload.field_columns})
-            except TerminalError as exc:  # nothing was sent
-                raise TerminalError(f"sync '{spec.name}': {exc}", status=exc.status) from exc
         old = None
         audience_changed = bool(manifest and manifest.snapshot_file
                                 and manifest.destination_audience_id != audience_id)

@@ -15,8 +15,12 @@ from urllib.parse import unquote
 from ._server import FakeServer, Request, Response, json_response
 
 CONTACTS = "0-1"  # objectTypeId of contacts
-DEFAULT_CONTACT_PROPERTIES = frozenset(
-    "email firstname lastname phone company lifecyclestage plan city country".split())
+# Contact properties and their HubSpot types (a set of names in the constructor means strings).
+DEFAULT_CONTACT_PROPERTIES = {
+    **{p: "string" for p in "email firstname lastname phone company plan city country".split()},
+    "lifecyclestage": "enumeration", "lifetime_value": "number", "last_purchase_at": "datetime",
+    "marketing_opt_in": "bool", "birthdate": "date",
+}
 MAX_BATCH = 100
 MEMBERS_PAGE_DEFAULT, MEMBERS_PAGE_MAX = 100, 250
 SEARCH_COUNT_DEFAULT, SEARCH_COUNT_MAX = 20, 500
@@ -37,6 +41,8 @@ _DATED = re.compile(r"^/crm/(lists|objects)/\d{4}-\d{2}(?=/|$)")
 _ROUTES = [  # (method, path pattern, handler name, OAuth scope, injection scope)
     ("POST", r"/crm/v3/objects/contacts/batch/upsert", "_upsert", WRITE_CONTACTS, "upsert"),
     ("POST", r"/crm/v3/objects/contacts/batch/read", "_batch_read", READ_CONTACTS, "other"),
+    ("POST", r"/crm/v3/objects/contacts/batch/update", "_batch_update", WRITE_CONTACTS, "upsert"),
+    ("GET", r"/crm/v3/properties/contacts", "_properties", READ_CONTACTS, "other"),
     ("GET", r"/crm/v3/objects/contacts/(?P<cid>[^/]+)", "_get_contact", READ_CONTACTS, "other"),
     ("POST", r"/crm/v3/lists/?", "_create_list", WRITE_LISTS, "lists"),
     ("POST", r"/crm/v3/lists/search", "_search_lists", READ_LISTS, "lists"),
@@ -154,7 +160,8 @@ class FakeHubSpot(FakeServer):
         self.access_token, self.portal_id = access_token, int(portal_id)
         self.rate_limit, self.rate_window, self._clock = rate_limit, rate_window, clock
         self.scopes = None if scopes is None else frozenset(scopes)
-        self.contact_properties = frozenset(contact_properties)
+        self.contact_properties = dict(contact_properties) if isinstance(contact_properties, dict) \
+            else {p: "string" for p in contact_properties}
         self.membership_results = membership_results
         self._window: deque[float] = deque()  # admission times inside the rolling window
         self._contacts: dict[str, dict] = {}  # id -> {id, properties, createdAt, ...}
@@ -484,6 +491,41 @@ class FakeHubSpot(FakeServer):
             return self._by_email.get(value.strip().lower())
         c = self._contacts.get(value)
         return value if c and not c["archived"] else None
+
+    def _properties(self, req: Request):
+        field_types = {"string": "text", "number": "number", "date": "date", "datetime": "date",
+                       "bool": "booleancheckbox", "enumeration": "select"}
+        return 200, {"results": [{"name": name, "label": name, "type": kind, "fieldType": field_types[kind],
+                                  "groupName": "contactinformation"}
+                                 for name, kind in self.contact_properties.items()]}
+
+    def _batch_update(self, req: Request):
+        """Properties of existing contacts by id; an id of no live contact is an error (never created)."""
+        started = _now()
+        inputs = self._inputs(req, _json(req))
+        named = {p for inp in inputs for p in (inp.get("properties") or {})}
+        unknown = sorted(named - set(self.contact_properties))
+        if unknown:
+            raise _invalid(f"Property values were not valid: {unknown} do not exist",
+                           sub_category="PROPERTY_DOESNT_EXIST", context={"properties": unknown})
+        results, missing = [], []
+        with self._lock:
+            for inp in inputs:
+                cid = self._live_id(str(inp["id"]), "hs_object_id")
+                if cid is None:
+                    missing.append(str(inp["id"]))
+                    continue
+                c = self._contacts[cid]
+                c["properties"].update({k: _property_value(v) for k, v in (inp.get("properties") or {}).items()})
+                c["updatedAt"] = _now()
+                results.append(self._result(cid, list(inp.get("properties") or {})))
+        out = {"status": "COMPLETE", "results": results, "startedAt": started, "completedAt": _now()}
+        if missing:
+            out.update(numErrors=1, errors=[{
+                "status": "error", "category": "OBJECT_NOT_FOUND", "message": "Could not update some CONTACT "
+                "objects, they may be deleted or not exist.", "context": {"ids": missing}}])
+            return 207, out
+        return 200, out
 
     def _batch_read(self, req: Request):
         started = _now()

@@ -27,6 +27,7 @@ from audience_pipelines.contract import (
     KEY, RECORD_ID, AudienceStats, BatchContext, BatchDestination, BatchResult, CredentialsError, DestinationError,
     RowsRefused, TerminalError, sent_columns,
 )
+from audience_pipelines.contract.fields import BOOLEAN, DATE, DATETIME, NUMBER, STRING, check_field_kinds
 from audience_pipelines.destinations.http import HttpClient, json_object
 from audience_pipelines.destinations.hubspot import HubSpotLists, HubSpotSettings
 
@@ -34,6 +35,11 @@ CONTACTS = "0-1"  # HubSpot's objectTypeId for contacts
 EDITABLE = ("MANUAL", "SNAPSHOT")  # the processing types whose memberships the API may change
 UPSERT = "/crm/v3/objects/contacts/batch/upsert"
 READ = "/crm/v3/objects/contacts/batch/read"
+UPDATE = "/crm/v3/objects/contacts/batch/update"
+PROPERTIES = "/crm/v3/properties/contacts"
+# HubSpot property types -> the kinds of column they take (an enumeration's options are not checked).
+PROPERTY_KINDS = {"string": STRING, "phone_number": STRING, "number": NUMBER, "date": DATE, "datetime": DATETIME,
+                  "bool": BOOLEAN, "enumeration": None}
 LISTS = "/crm/v3/lists"
 EMAIL = "email"
 # check_access looks this name up: a 404 answer proves the token works without changing anything.
@@ -252,6 +258,32 @@ class HubSpotDestination(BatchDestination[HubSpotSettings]):
                 result.rejected[i] = f"HubSpot refused the contact: {refused[email]}"
         return found
 
+    def _update(self, rows: pa.Table, emails: list[str | None], found: dict[str, str], result: BatchResult) -> None:
+        """Write the mapped fields of contacts that exist, by id; a contact gone since the read fails its rows."""
+        fields = [c for c in sent_columns(rows) if c != EMAIL]
+        if not fields:
+            return
+        values = {c: rows[c].to_pylist() for c in fields}
+        inputs: dict[str, dict] = {}
+        for i, email in enumerate(emails):
+            if email in found and i not in result.rejected:
+                inputs[found[email]] = {"id": found[email], "properties": {c: _text(values[c][i]) for c in fields}}
+        if not inputs:
+            return
+        response = self._request("POST", UPDATE, {"inputs": list(inputs.values())})
+        body = self._ok(response, "POST", UPDATE)
+        gone = {i for err in body.get("errors") or [] for i in (err.get("context") or {}).get("ids") or []}
+        for i, email in enumerate(emails):
+            if email in found and found[email] in gone:
+                result.rejected[i] = f"HubSpot contact {found[email]} no longer exists"
+                found.pop(email)
+
+    def check_fields(self, columns: dict[str, pa.DataType]) -> None:
+        response = self._request("GET", PROPERTIES)
+        kinds = {p["name"]: PROPERTY_KINDS.get(p.get("type"))
+                 for p in self._ok(response, "GET", PROPERTIES).get("results") or [] if p.get("name")}
+        check_field_kinds("hubspot", columns, kinds)
+
     @staticmethod
     def _per_input_errors(body: dict) -> dict[str, str]:
         """A 207 answer's errors, by the (lower-cased) ids they name."""
@@ -288,14 +320,15 @@ class HubSpotDestination(BatchDestination[HubSpotSettings]):
         if create:
             found = self._upsert(rows, emails, result)
         else:
-            # No batch update by id here, so mapped fields are not written in this mode: an
-            # upsert by email could create a contact deleted since the read.
             found, failed = self._read(emails)
             for i, email in enumerate(emails):
                 if email in failed:
                     result.rejected[i] = f"HubSpot could not read the contact: {failed[email]}"
                 elif email and email not in found:
                     result.skipped[i] = NO_CONTACT
+            # Mapped fields go to the contacts found, by id: an upsert by email would create a
+            # contact deleted since the read.
+            self._update(rows, emails, found, result)
         ids = {}
         for i, email in enumerate(emails):
             if i in result.rejected or i in result.skipped:
