@@ -64,10 +64,14 @@ def mismatches(columns: Mapping[str, pa.DataType], properties: Mapping[str, str 
     return problems
 
 
+class FieldsRefused(TerminalError):
+    """Mapped fields the platform cannot take; raised before anything is created or sent."""
+
+
 def check_field_kinds(destination: str, columns: Mapping[str, pa.DataType],
                       properties: Mapping[str, str | None]) -> None:
-    """Raise a TerminalError naming every mapped field the platform cannot take (nothing was sent)."""
+    """Raise FieldsRefused naming every mapped field the platform cannot take (nothing was sent)."""
     problems = mismatches(columns, properties)
     if problems:
-        raise TerminalError(f"{destination}: {len(problems)} mapped field(s) do not fit the platform's properties, so "
+        raise FieldsRefused(f"{destination}: {len(problems)} mapped field(s) do not fit the platform's properties, so "
                             f"nothing was sent: " + "; ".join(problems))

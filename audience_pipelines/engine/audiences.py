@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pyarrow as pa
+
 from audience_pipelines.contract import ConfigError, Destination, Target, TerminalError
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -109,9 +111,14 @@ class _Book:
 
 
 def open_audience(destination: Destination, target: Target, registry: AudienceRegistry, sync: str,
-                  run_id: str, notes: list[str]) -> str:
-    """The id of the sync's destination audience: found, registered or created, never twice."""
+                  run_id: str, notes: list[str], fields: dict[str, pa.DataType] | None = None) -> str:
+    """The id of the sync's destination audience: found, registered or created, never twice.
+
+    `fields` (name -> column type), the mapped fields, are checked against the platform first, so a
+    misconfigured sync creates nothing."""
     destination.check_access()
+    if fields:
+        destination.check_fields(fields)
     if target.id:
         destination.check_audience(target.id)
         return target.id

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from audience_pipelines.contract import (
     KEY, RECORD_ID, ROW_HASH, Destination, DestinationError, SessionContext, Target, TerminalError,
 )
+from audience_pipelines.contract.fields import FieldsRefused
 from audience_pipelines.engine.audiences import AudienceRegistry, open_audience
 from audience_pipelines.engine.diff import DiffPlan, plan_diff
 from audience_pipelines.engine.dispatch import Dispatcher, Operation, Outcome
@@ -178,19 +179,15 @@ def run_sync(
                                 spec.default_region, spec.region_column)
         notes: list[str] = []
         registry = options.registry or AudienceRegistry(store.root / REGISTRY_DIR)
-        if payload.field_columns and spec.sends_adds:  # before anything is created or sent
-            try:
-                destination.check_access()
-                destination.check_fields({c: payload.table.schema.field(c).type for c in payload.field_columns})
-            except DestinationError as exc:
-                kind = type(exc) if isinstance(exc, TerminalError) else TerminalError
-                raise kind(f"sync '{spec.name}': {exc}", status=exc.status) from exc
         manifest = store.manifest()
         target = spec.target
         if spec.keep_target and manifest and manifest.destination_audience_id:
             target = Target(id=manifest.destination_audience_id)
         try:
-            audience_id = open_audience(destination, target, registry, spec.name, options.run_id, notes)
+            fields = {c: payload.table.schema.field(c).type for c in payload.field_columns} if spec.sends_adds else {}
+            audience_id = open_audience(destination, target, registry, spec.name, options.run_id, notes, fields)
+        except FieldsRefused as exc:
+            raise FieldsRefused(f"sync '{spec.name}': {exc}", status=exc.status) from exc
         except DestinationError as exc:  # nothing was sent: every failure here stops the run
             kind = type(exc) if isinstance(exc, TerminalError) else TerminalError
             raise kind(f"sync '{spec.name}': could not open the destination audience "
