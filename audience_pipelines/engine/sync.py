@@ -472,7 +472,8 @@ def _withdrawals(payload: Payload, old: pa.Table, positions: np.ndarray,
 
     Every identifier value some current member still sends is blanked, so the
     withdrawal cannot take that member out too; a row left with no value the
-    platform matches on is not sent at all (the second array marks those).
+    platform matches on, or whose platform record a current member holds, is
+    not sent at all (the second array marks those).
     """
     rows = old.take(pa.array(positions, pa.int64()))
     if rows.num_rows == 0:
@@ -487,6 +488,12 @@ def _withdrawals(payload: Payload, old: pa.Table, positions: np.ndarray,
     left = np.zeros(rows.num_rows, dtype=bool)
     for c in match_columns:
         left |= np.asarray(rows[c].is_valid(), dtype=bool)
+    if RECORD_ID in rows.column_names and RECORD_ID in payload.table.column_names:
+        # A platform record (a CRM profile) another current member still holds is theirs too: never withdrawn.
+        table = payload.table
+        others = table.filter(pc.invert(pc.is_in(table[KEY], value_set=rows[KEY].combine_chunks())))
+        held = others[RECORD_ID].drop_null().combine_chunks()
+        left &= ~np.asarray(pc.is_in(rows[RECORD_ID], value_set=held).fill_null(False), dtype=bool)
     return rows, ~left
 
 
