@@ -154,8 +154,8 @@ class PlatformCase(Case):
     def audience_id(self, name: str):
         return getattr(self.fake, self.find_audience)(name)
 
-    def state(self):
-        aid = self.audience_id("vip")
+    def state(self, name: str = "vip"):
+        aid = self.audience_id(name)
         return self.fake.members(aid) if aid else set()
 
     def disarm(self):

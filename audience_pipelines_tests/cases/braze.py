@@ -31,8 +31,8 @@ class BrazeCase(PlatformCase):
         return BrazeSettings(**{"rest_endpoint": self.fake.url, "partner_name": "matrix", **KEYS,
                                 "timeout_s": TIMEOUT_S, **overrides})
 
-    def state(self):
-        cid = self.audience_id("vip")
+    def state(self, name: str = "vip"):
+        cid = self.audience_id(name)
         if not cid:
             return {}
         return {_who(u): (u["attributes"].get("email"), u["attributes"].get("plan")) for u in self.fake.members(cid)}

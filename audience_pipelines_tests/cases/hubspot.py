@@ -23,8 +23,8 @@ class HubSpotCase(PlatformCase):
         return HubSpotSettings(**{"access_token": TOKEN, "base_url": self.fake.url, "timeout_s": TIMEOUT_S,
                                   **overrides})
 
-    def state(self):
-        lid = self.audience_id("vip")
+    def state(self, name: str = "vip"):
+        lid = self.audience_id(name)
         if not lid:
             return {}
         return {cid: (self.fake.contacts[cid]["email"], self.fake.contacts[cid].get("plan"))

@@ -22,8 +22,8 @@ class KlaviyoCase(PlatformCase):
         return KlaviyoSettings(**{"api_key": KEY, "base_url": self.fake.url, "timeout_s": TIMEOUT_S,
                                   "poll_interval_s": 0.01, "poll_timeout_s": 5, **overrides})
 
-    def state(self):
-        lid = self.audience_id("vip")
+    def state(self, name: str = "vip"):
+        lid = self.audience_id(name)
         if not lid:
             return {}
         profiles = self.fake.profiles

@@ -25,8 +25,8 @@ class MailchimpCase(PlatformCase):
         return MailchimpSettings(**{"api_key": KEY, "list_id": LIST, "base_url": self.fake.url,
                                     "timeout_s": TIMEOUT_S, "batch_threshold": 2, **overrides})
 
-    def state(self):
-        sid = self.audience_id("vip")
+    def state(self, name: str = "vip"):
+        sid = self.audience_id(name)
         if not sid:
             return {}
         members = self.fake.members()
