@@ -27,8 +27,8 @@ class HubSpotCase(PlatformCase):
         lid = self.audience_id(name)
         if not lid:
             return {}
-        return {cid: (self.fake.contacts[cid]["email"], self.fake.contacts[cid].get("plan"))
-                for cid in self.fake.members(lid)}
+        contacts = self.fake.contacts  # a copy of them all: taken once
+        return {cid: (contacts[cid]["email"], contacts[cid].get("plan")) for cid in self.fake.members(lid)}
 
     def expected(self, members):
         by_email = {self.fake.contacts[c]["email"]: c for c in self.fake.contacts}
