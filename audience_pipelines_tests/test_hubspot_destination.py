@@ -301,6 +301,7 @@ def test_a_column_of_the_wrong_kind_for_a_property_stops_the_run_naming_it(hs, s
         run(hs, store, BASE, "r1", fields={"lifetime_value": "signed_up", "plan": "plan"})
     assert ("field 'lifetime_value': a date column (date32[day]) cannot go to property 'lifetime_value', which "
             "holds a number") in str(err.value)
+    assert f"(mapped: 'lifetime_value' from column 'signed_up'; {len(BASE)} member(s) not sent" in str(err.value)
     assert hs.contacts == {} and hs.lists == {}
 
 

@@ -187,7 +187,9 @@ def run_sync(
             fields = {c: payload.table.schema.field(c).type for c in payload.field_columns} if spec.sends_adds else {}
             audience_id = open_audience(destination, target, registry, spec.name, options.run_id, notes, fields)
         except FieldsRefused as exc:
-            raise FieldsRefused(f"sync '{spec.name}': {exc}", status=exc.status) from exc
+            named = [f"'{f}' from column '{c}'" for f, c in spec.fields.items() if f"field '{f}'" in str(exc)]
+            raise FieldsRefused(f"sync '{spec.name}': {exc} (mapped: {', '.join(named)}; {len(members):,} "
+                                f"member(s) not sent; the snapshot is unchanged)", status=exc.status) from exc
         except DestinationError as exc:  # nothing was sent: every failure here stops the run
             kind = type(exc) if isinstance(exc, TerminalError) else TerminalError
             raise kind(f"sync '{spec.name}': could not open the destination audience "
