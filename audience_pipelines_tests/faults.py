@@ -109,6 +109,10 @@ class Case(ABC):
     def disarm(self) -> None:
         """Clear every injected fault."""
 
+    def profiles(self) -> dict[str, str | None]:
+        """A CRM's people, in a list or not: email -> their `plan` property."""
+        raise NotImplementedError(f"{self.name} keeps no profiles")
+
 
 class PlatformCase(Case):
     """A platform behind a fake server: audiences kept by id and found by name; identifiers only.

@@ -1,7 +1,8 @@
 """The rest of the contract suite, over every destination and its fake (the cases of test_fault_matrix.py):
 a name target is created exactly once, also by two runs racing; bad credentials fail before anything is
 sent; a target id that does not exist fails clearly and creates nothing; a full resend leaves exactly
-the membership; a create whose answer was lost is never sent again, and the next run finds it.
+the membership; a create whose answer was lost is never sent again, and the next run finds it; a CRM's
+removal takes membership only, and every profile keeps its properties.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import pyarrow as pa
 import pytest
 
 from audience_pipelines.contract import CredentialsError, DestinationError, Target
+from audience_pipelines.destinations import destination_type
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncAborted, SyncSpec, run_sync
 from audience_pipelines.engine.audiences import AudienceRegistry
-from audience_pipelines_tests.faults import M1, M2
+from audience_pipelines_tests.faults import M1, M2, promised
 from audience_pipelines_tests.memory_destination import MemoryJobDestination
 from audience_pipelines_tests.test_fault_matrix import CASES, HTTP_CASES, make_case
 
 # Platforms that keep audiences by id and find them by name; the others take a name as the id.
 NAMED_AUDIENCES = [name for name, c in CASES.items() if c.names_audiences and not c.full_resync]
+# Platforms keeping a profile per person (CRMs and marketing tools).
+PROFILE_CASES = [name for name in CASES if destination_type(name.split(" ")[0]).capabilities().needs_profile]
 
 
 def members(rows: dict) -> pa.Table:
@@ -27,15 +31,16 @@ def members(rows: dict) -> pa.Table:
     return pa.table({"key": keys, "email": [rows[k][0] for k in keys], "plan": [rows[k][1] for k in keys]})
 
 
-def spec(case, sync: str, target: Target) -> SyncSpec:
+def spec(case, sync: str, target: Target, removal: str = "remove") -> SyncSpec:
     return SyncSpec(name=sync, audience="a", destination=case.name, target=target, identifiers=case.identifiers,
-                    fields=case.fields)
+                    fields=case.fields, removal=removal)
 
 
-def run(case, store, rows, run_id, target=Target(name="vip"), registry=None, dest=None, full=False):
+def run(case, store, rows, run_id, target=Target(name="vip"), registry=None, dest=None, full=False,
+        removal="remove"):
     dest = dest or case.destination()
     try:
-        return run_sync(spec(case, store.sync, target), members(rows), dest, store,
+        return run_sync(spec(case, store.sync, target, removal), members(rows), dest, store,
                         RunOptions(run_id=run_id, full_resync=full, registry=registry))
     finally:
         dest.close()
@@ -139,3 +144,18 @@ def test_a_full_resend_leaves_exactly_the_membership(name, tmp_path):
         assert result.replaced == name.startswith("meta")  # Meta replaces the audience in one session
         assert store.read_pending() is None and store.read_session() is None
         assert sorted(store.read()["key"].to_pylist()) == sorted(M2)
+
+
+@pytest.mark.parametrize("removal", ["remove", "do_nothing"])
+@pytest.mark.parametrize("name", PROFILE_CASES)
+def test_a_crm_removal_takes_membership_only_and_every_profile_keeps_its_properties(name, removal, tmp_path):
+    with make_case(name, tmp_path) as case:
+        store = SnapshotStore(tmp_path / "syncs", "s")
+        run(case, store, M1, "r1")
+        result = run(case, store, M2, "r2", removal=removal)
+        assert result.failed == 0
+        assert result.removed == (3 if removal == "remove" else 0) and result.updated == 2  # k0-k2 left; k3, k4 changed
+        mode = "mirror" if removal == "remove" else "removal do_nothing"
+        assert case.state() == case.expected(promised(mode))
+        # Leavers k0-k2 and k3's old email keep their profile, with the plan they last had.
+        assert case.profiles() == {e: p for e, p in M1.values()} | {e: p for e, p in M2.values()}

@@ -37,6 +37,9 @@ class BrazeCase(PlatformCase):
             return {}
         return {_who(u): (u["attributes"].get("email"), u["attributes"].get("plan")) for u in self.fake.members(cid)}
 
+    def profiles(self):
+        return {u["attributes"].get("email"): u["attributes"].get("plan") for u in self.fake.users.values()}
+
     def expected(self, members):
         return {(e, "email"): (e, p) for e, p in members.values()}
 

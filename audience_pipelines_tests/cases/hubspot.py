@@ -30,6 +30,9 @@ class HubSpotCase(PlatformCase):
         contacts = self.fake.contacts  # a copy of them all: taken once
         return {cid: (contacts[cid]["email"], contacts[cid].get("plan")) for cid in self.fake.members(lid)}
 
+    def profiles(self):
+        return {c["email"]: c.get("plan") for c in self.fake.contacts.values()}
+
     def expected(self, members):
         by_email = {self.fake.contacts[c]["email"]: c for c in self.fake.contacts}
         return {by_email.get(e, f"no contact for {e}"): (e, p) for e, p in members.values()}

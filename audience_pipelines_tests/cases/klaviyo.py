@@ -30,6 +30,9 @@ class KlaviyoCase(PlatformCase):
         return {pid: (profiles[pid]["email"], profiles[pid]["properties"].get("plan"))
                 for pid in self.fake.members(lid)}
 
+    def profiles(self):
+        return {p["email"]: p["properties"].get("plan") for p in self.fake.profiles.values()}
+
     def expected(self, members):
         return {self.fake.profile_id(email=e) or f"no profile for {e}": (e, p) for e, p in members.values()}
 

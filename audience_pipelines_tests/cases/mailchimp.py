@@ -32,6 +32,10 @@ class MailchimpCase(PlatformCase):
         members = self.fake.members()
         return {e: members[e]["merge_fields"]["PLAN"] for e in self.fake.tagged(sid)}
 
+    def profiles(self):
+        # A removal must never unsubscribe or archive: only members the sync left as it made them count.
+        return {e: m["merge_fields"]["PLAN"] for e, m in self.fake.members().items() if m["status"] == "transactional"}
+
     def expected(self, members):
         return {e: p for e, p in members.values()}
 

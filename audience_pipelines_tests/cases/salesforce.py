@@ -32,6 +32,9 @@ class SalesforceCase(PlatformCase):
         return {pid: (self.fake.person(pid)["Email"], self.fake.person(pid).get("Plan__c"))
                 for pid in self.fake.members(cid)}
 
+    def profiles(self):
+        return {lead["Email"]: lead.get("Plan__c") for lead in self.fake.leads.values()}
+
     def expected(self, members):
         leads = {lead["Email"]: lid for lid, lead in self.fake.leads.items()}
         return {leads.get(e, f"no Lead for {e}"): (e, p) for e, p in members.values()}
