@@ -65,6 +65,18 @@ class Capabilities:
     def with_batch_rows(self, rows: int) -> Capabilities:
         return replace(self, max_batch_rows=rows)
 
+    @classmethod
+    def for_profiles(cls, identifier_kinds, settings, default_batch: int, **overrides) -> Capabilities:
+        """A CRM's: a profile per person (created unless `create_profiles` is false), mapped fields as its
+        properties, its record id kept, and each identifier naming one person, so a leaver sharing one
+        with a current member is never withdrawn."""
+        kinds = frozenset(identifier_kinds)
+        return cls(**{
+            "identifier_kinds": kinds, "max_batch_rows": settings.batch_size if settings else default_batch,
+            "accepts_fields": True, "can_list_audiences": True, "needs_profile": True,
+            "creates_profiles": settings.create_profiles if settings else True, "keeps_record_ids": True,
+            "requires_identifier": True, "match_identifiers": kinds, "reports_size": True, **overrides})
+
 
 @dataclass(frozen=True)
 class Target:

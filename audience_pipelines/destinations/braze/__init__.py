@@ -66,15 +66,8 @@ class Braze(DestinationType):
 
     @classmethod
     def capabilities(cls, settings: BrazeSettings | None = None):
-        return Capabilities(
-            identifier_kinds=KINDS, max_batch_rows=settings.batch_size if settings else MAX_ROWS,
-            accepts_fields=True, can_list_audiences=False, can_create_audiences=True, needs_profile=True,
-            creates_profiles=settings.create_profiles if settings else True, keeps_record_ids=True,
-            requires_identifier=True,
-            # One Braze user per external id and per email alias: a leaver sharing either with a
-            # current member must not take that user out of the cohort.
-            match_identifiers=KINDS,
-        )
+        # One user per external id and per email alias; cohorts cannot be listed, nor their size read.
+        return Capabilities.for_profiles(KINDS, settings, MAX_ROWS, can_list_audiences=False, reports_size=False)
 
     @classmethod
     def account(cls, settings: BrazeSettings) -> str:

@@ -34,14 +34,7 @@ class HubSpotLists(DestinationType):
 
     @classmethod
     def capabilities(cls, settings: HubSpotSettings | None = None):
-        return Capabilities(
-            identifier_kinds=frozenset({"email"}), max_batch_rows=settings.batch_size if settings else MAX_ROWS,
-            accepts_fields=True, can_list_audiences=True, needs_profile=True,
-            creates_profiles=settings.create_profiles if settings else True, keeps_record_ids=True,
-            requires_identifier=True,
-            # One contact per email: a leaver sharing a current member's email must not take them out.
-            match_identifiers=frozenset({"email"}), reports_size=True,
-        )
+        return Capabilities.for_profiles({"email"}, settings, MAX_ROWS)  # one contact per email
 
     @classmethod
     def account(cls, settings: HubSpotSettings) -> str:

@@ -36,16 +36,7 @@ class KlaviyoLists(DestinationType):
 
     @classmethod
     def capabilities(cls, settings: KlaviyoSettings | None = None):
-        return Capabilities(
-            identifier_kinds=frozenset({"email", "phone", "external_id"}),
-            max_batch_rows=settings.batch_size if settings else MAX_PROFILES,
-            accepts_fields=True, can_list_audiences=True, needs_profile=True,
-            creates_profiles=settings.create_profiles if settings else True, keeps_record_ids=True,
-            requires_identifier=True,
-            # Each identifies one profile: a leaver sharing one with a member must not take them out.
-            match_identifiers=frozenset({"email", "phone", "external_id"}),
-            uses_jobs=True, reports_size=True,
-        )
+        return Capabilities.for_profiles({"email", "phone", "external_id"}, settings, MAX_PROFILES, uses_jobs=True)
 
     @classmethod
     def account(cls, settings: KlaviyoSettings) -> str:

@@ -95,14 +95,7 @@ class MailchimpTags(DestinationType):
 
     @classmethod
     def capabilities(cls, settings: MailchimpSettings | None = None):
-        return Capabilities(
-            identifier_kinds=frozenset({"email"}), max_batch_rows=settings.batch_size if settings else MAX_ROWS,
-            accepts_fields=True, can_list_audiences=True, can_create_audiences=True, needs_profile=True,
-            creates_profiles=settings.create_profiles if settings else True, keeps_record_ids=True,
-            requires_identifier=True,
-            # One member per email: a leaver sharing a current member's email must not untag them.
-            match_identifiers=frozenset({"email"}), reports_size=True,
-        )
+        return Capabilities.for_profiles({"email"}, settings, MAX_ROWS)  # one list member per email
 
     @classmethod
     def account(cls, settings: MailchimpSettings) -> str:

@@ -92,14 +92,7 @@ class Salesforce(DestinationType):
 
     @classmethod
     def capabilities(cls, settings: SalesforceSettings | None = None):
-        return Capabilities(
-            identifier_kinds=frozenset({"email"}), max_batch_rows=settings.batch_size if settings else DEFAULT_BATCH,
-            accepts_fields=True, can_list_audiences=True, needs_profile=True,
-            creates_profiles=settings.create_profiles if settings else True, keeps_record_ids=True,
-            requires_identifier=True,
-            # One person per email: a leaver sharing a current member's email must not take them out.
-            match_identifiers=frozenset({"email"}), reports_size=True,
-        )
+        return Capabilities.for_profiles({"email"}, settings, DEFAULT_BATCH)  # one Lead/Contact per email
 
     @classmethod
     def account(cls, settings: SalesforceSettings) -> str:
