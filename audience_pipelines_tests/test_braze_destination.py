@@ -11,6 +11,7 @@ from audience_pipelines.destinations.braze import BrazeSettings
 from audience_pipelines.destinations.braze.client import BrazeDestination, cohort_id_for
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncSpec, run_sync
 from audience_pipelines_tests.fakes.braze import FakeBraze
+from audience_pipelines_tests.people import people_table
 
 KEYS = {"api_key": "rest-key-s3cr3t-0001", "partner_api_key": "partner-key-s3cr3t-0002",
         "client_secret": "import-key-s3cr3t-0003"}
@@ -58,13 +59,7 @@ def destination(bz, clock, **settings):
 
 def table(rows: dict) -> pa.Table:
     """rows: key -> (user id, email, first name, plan[, born])."""
-    vals = [(*v, None)[:5] for v in rows.values()]
-    return pa.table({"key": pa.array(list(rows), pa.string()),
-                     "user_id": pa.array([v[0] for v in vals], pa.string()),
-                     "email": pa.array([v[1] for v in vals], pa.string()),
-                     "first_name": pa.array([v[2] for v in vals], pa.string()),
-                     "plan": pa.array([v[3] for v in vals], pa.string()),
-                     "born": pa.array([v[4] for v in vals], pa.date32())})
+    return people_table(rows, ("user_id", "email", "first_name", "plan"), "born")
 
 
 def run(bz, clock, store, rows, run_id, *, dest=None, fields=FIELDS, identifiers=IDS, members=None, **spec_kw):

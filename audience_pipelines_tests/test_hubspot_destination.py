@@ -11,6 +11,7 @@ from audience_pipelines.destinations.hubspot import HubSpotSettings
 from audience_pipelines.destinations.hubspot.client import HubSpotDestination
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncAborted, SyncSpec, run_sync
 from audience_pipelines_tests.fakes.hubspot import DEFAULT_CONTACT_PROPERTIES, FakeHubSpot
+from audience_pipelines_tests.people import Sleeps, people_table
 
 TOKEN = "pat-na1-test-token-s3cr3t"
 UPSERT = "/crm/v3/objects/contacts/batch/upsert"
@@ -30,11 +31,6 @@ def store(tmp_path):
     return SnapshotStore(tmp_path / "syncs", "hs")
 
 
-class Sleeps(list):
-    def __call__(self, seconds):
-        self.append(seconds)
-
-
 def destination(hs, token=TOKEN, sleeps=None, cls=HubSpotDestination, **settings):
     return cls(HubSpotSettings(access_token=token, base_url=hs.url, timeout_s=2, **settings),
                sleep=sleeps if sleeps is not None else (lambda s: None))
@@ -42,12 +38,7 @@ def destination(hs, token=TOKEN, sleeps=None, cls=HubSpotDestination, **settings
 
 def table(rows: dict) -> pa.Table:
     """rows: key -> (email, first name, plan[, signup date])."""
-    vals = [(*v, None)[:4] for v in rows.values()]
-    return pa.table({"key": pa.array(list(rows), pa.string()),
-                     "email": pa.array([v[0] for v in vals], pa.string()),
-                     "first_name": pa.array([v[1] for v in vals], pa.string()),
-                     "plan": pa.array([v[2] for v in vals], pa.string()),
-                     "signed_up": pa.array([v[3] for v in vals], pa.date32())})
+    return people_table(rows, ("email", "first_name", "plan"), "signed_up")
 
 
 def run(hs, store, rows, run_id, *, dest=None, target=None, fields=FIELDS, full_resync=False, **spec_kw):

@@ -11,6 +11,7 @@ from audience_pipelines.destinations.klaviyo import KlaviyoSettings
 from audience_pipelines.destinations.klaviyo.client import KlaviyoDestination
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncAborted, SyncSpec, run_sync
 from audience_pipelines_tests.fakes.klaviyo import FakeKlaviyo
+from audience_pipelines_tests.people import people_table
 
 KEY = "pk_test_s3cr3t_0123456789abcdef"
 JOBS = "/api/profile-bulk-import-jobs"
@@ -52,11 +53,7 @@ def destination(kv, key=KEY, sleeps=None, **settings):
 
 def table(rows: dict) -> pa.Table:
     """rows: key -> (email, phone, first name, city, plan[, signup date])."""
-    vals = [(*v, None)[:6] for v in rows.values()]
-    cols = ("email", "phone", "first_name", "city", "plan")
-    return pa.table({"key": pa.array(list(rows), pa.string()),
-                     **{c: pa.array([v[n] for v in vals], pa.string()) for n, c in enumerate(cols)},
-                     "signed_up": pa.array([v[5] for v in vals], pa.date32())})
+    return people_table(rows, ("email", "phone", "first_name", "city", "plan"), "signed_up")
 
 
 def run(kv, store, rows, run_id, *, dest=None, target=None, fields=FIELDS, members=None, **spec_kw):

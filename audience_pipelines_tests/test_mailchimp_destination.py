@@ -16,6 +16,7 @@ from audience_pipelines.destinations.mailchimp.client import NO_MEMBER, Mailchim
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncAborted, SyncSpec, run_sync
 from audience_pipelines.identifiers.mailchimp import subscriber_hash, subscriber_hashes
 from audience_pipelines_tests.fakes.mailchimp import DEFAULT_MERGE_FIELDS, FakeMailchimp
+from audience_pipelines_tests.people import Sleeps, people_table
 
 KEY = "5ec7e75ec7e75ec7e75ec7e75ec7e7ab-us21"
 LIST = "b1g115700d"
@@ -37,11 +38,6 @@ def store(tmp_path):
     return SnapshotStore(tmp_path / "syncs", "mc")
 
 
-class Sleeps(list):
-    def __call__(self, seconds):
-        self.append(seconds)
-
-
 def destination(mc, key=KEY, sleeps=None, **settings):
     return MailchimpDestination(MailchimpSettings(api_key=key, list_id=LIST, base_url=mc.url, timeout_s=2,
                                                   **settings),
@@ -50,12 +46,7 @@ def destination(mc, key=KEY, sleeps=None, **settings):
 
 def table(rows: dict) -> pa.Table:
     """rows: key -> (email, first name, plan[, signup date])."""
-    vals = [(*v, None)[:4] for v in rows.values()]
-    return pa.table({"key": pa.array(list(rows), pa.string()),
-                     "email": pa.array([v[0] for v in vals], pa.string()),
-                     "first_name": pa.array([v[1] for v in vals], pa.string()),
-                     "plan": pa.array([v[2] for v in vals], pa.string()),
-                     "signed_up": pa.array([v[3] for v in vals], pa.date32())})
+    return people_table(rows, ("email", "first_name", "plan"), "signed_up")
 
 
 def run(mc, store, rows, run_id, *, dest=None, target=None, fields=FIELDS, full_resync=False, members=None,

@@ -13,6 +13,7 @@ from audience_pipelines.destinations.salesforce.bulk import saved_from_error_tex
 from audience_pipelines.destinations.salesforce.client import SOQL_BUDGET, SalesforceDestination, _in_lists, soql_string
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncAborted, SyncSpec, run_sync
 from audience_pipelines_tests.fakes.salesforce import FakeSalesforce
+from audience_pipelines_tests.people import Sleeps
 
 FIELDS = {"FirstName": "first_name", "Plan__c": "plan"}
 BASE = {"k1": ("ann@example.com", "Ann", "pro"), "k2": ("  Bob@Example.com ", "Bob", "free"),
@@ -28,11 +29,6 @@ def sf():
 @pytest.fixture
 def store(tmp_path):
     return SnapshotStore(tmp_path / "syncs", "sf")
-
-
-class Sleeps(list):
-    def __call__(self, seconds):
-        self.append(seconds)
 
 
 def destination(sf, sleeps=None, cls=SalesforceDestination, **settings):

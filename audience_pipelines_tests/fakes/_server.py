@@ -139,9 +139,14 @@ class FakeServer:
         with self._lock:
             return list(self._requests)
 
+    # The scopes a fault may be aimed at (what `_scope` names a request), checked when one is injected.
+    injection_scopes: tuple[str, ...] | None = None
+
     def _push(self, kind: str, times: int, scope: str = "all", **params) -> None:
         if times < 1:
             raise ValueError("times must be >= 1")
+        if self.injection_scopes is not None and scope not in self.injection_scopes:
+            raise ValueError(f"scope must be one of {self.injection_scopes}")
         with self._lock:
             self._injections.append({"kind": kind, "left": times, "scope": scope, **params})
 

@@ -71,6 +71,8 @@ def _standard_error(key: str, value) -> str | None:
 
 
 class FakeBraze(FakeServer):
+    injection_scopes = SCOPES
+
     def __init__(self, api_key="braze-rest-key", partner_name="audience_pipelines",
                  partner_api_key="partner-key", client_secret="data-import-key", *,
                  rate_limits=None, wall_clock=time.time):
@@ -151,23 +153,17 @@ class FakeBraze(FakeServer):
 
     def inject_rate_limit(self, times=1, scope="all", reset_in=1.0) -> None:
         """429 with the X-RateLimit headers, the window resetting `reset_in` seconds from now."""
-        self._push("fault", times, self._scope_ok(scope), fault="throttle", reset_in=reset_in)
+        self._push("fault", times, scope, fault="throttle", reset_in=reset_in)
 
     def inject_server_error(self, times=1, status=500, scope="all") -> None:
-        self._push("fault", times, self._scope_ok(scope), fault="server", status=status)
+        self._push("fault", times, scope, fault="server", status=status)
 
     def inject_delay(self, seconds: float, times=1, scope="all") -> None:
-        self._push("delay", times, self._scope_ok(scope), seconds=seconds)
+        self._push("delay", times, scope, seconds=seconds)
 
     def revoke(self, setting: str = "api_key") -> None:
         """The key stops working (api_key, partner_api_key or client_secret)."""
         setattr(self, setting, object())
-
-    @staticmethod
-    def _scope_ok(scope: str) -> str:
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}")
-        return scope
 
     # -- HTTP plumbing -------------------------------------------------------
     def _scope(self, req: Request) -> str:

@@ -147,6 +147,8 @@ def _property_value(v) -> str:
 
 
 class FakeHubSpot(FakeServer):
+    injection_scopes = INJECTION_SCOPES
+
     def __init__(self, access_token="test-token", portal_id=12345, rate_limit=None, *,
                  scopes=None, contact_properties=DEFAULT_CONTACT_PROPERTIES,
                  rate_window=10.0, clock=time.monotonic, membership_results="records"):
@@ -273,24 +275,18 @@ class FakeHubSpot(FakeServer):
     def inject_rate_limit(self, times=1, policy="TEN_SECONDLY_ROLLING", scope="all") -> None:
         if policy not in RATE_POLICIES:
             raise ValueError(f"policy must be one of {RATE_POLICIES}")
-        self._push("fault", times, self._check_scope(scope), fault="rate_limit", policy=policy)
+        self._push("fault", times, scope, fault="rate_limit", policy=policy)
 
     def inject_server_error(self, times=1, status=500, scope="all") -> None:
         if status not in (500, 502, 503, 504):
             raise ValueError("status must be 500, 502, 503 or 504")
-        self._push("fault", times, self._check_scope(scope), fault="server", status=status)
+        self._push("fault", times, scope, fault="server", status=status)
 
     def inject_locked(self, times=1, scope="all") -> None:
-        self._push("fault", times, self._check_scope(scope), fault="locked")
+        self._push("fault", times, scope, fault="locked")
 
     def inject_delay(self, seconds: float, times=1, scope="all") -> None:
-        self._push("delay", times, self._check_scope(scope), seconds=seconds)
-
-    @staticmethod
-    def _check_scope(scope: str) -> str:
-        if scope not in INJECTION_SCOPES:
-            raise ValueError(f"scope must be one of {INJECTION_SCOPES}")
-        return scope
+        self._push("delay", times, scope, seconds=seconds)
 
     # -- HTTP plumbing ----------------------------------------------------
     def _route(self, req: Request):

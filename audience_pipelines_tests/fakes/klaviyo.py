@@ -155,6 +155,8 @@ def _parse_filter(text: str | None, fields: tuple[str, ...]) -> tuple[str, list]
 
 
 class FakeKlaviyo(FakeServer):
+    injection_scopes = INJECTION_SCOPES
+
     def __init__(self, api_key: str = "pk_test_key", *, running_polls: int = 0, scopes=None,
                  list_creations_per_day: int = LIST_CREATIONS_PER_DAY, name_errors: str = "pointer"):
         """`running_polls`: how many polls find a job still running before it does its work. `scopes`: the
@@ -264,15 +266,15 @@ class FakeKlaviyo(FakeServer):
 
     def inject_throttle(self, times=1, retry_after: int | None = 1, scope="all") -> None:
         """429 throttled; `retry_after` seconds in the Retry-After header (None: only in the detail)."""
-        self._push("fault", times, self._check(scope), fault="throttle", retry_after=retry_after)
+        self._push("fault", times, scope, fault="throttle", retry_after=retry_after)
 
     def inject_server_error(self, times=1, status=500, scope="all") -> None:
         if status not in (500, 502, 503, 504):
             raise ValueError("status must be 500, 502, 503 or 504")
-        self._push("fault", times, self._check(scope), fault="server", status=status)
+        self._push("fault", times, scope, fault="server", status=status)
 
     def inject_delay(self, seconds: float, times=1, scope="all") -> None:
-        self._push("delay", times, self._check(scope), seconds=seconds)
+        self._push("delay", times, scope, seconds=seconds)
 
     def inject_job_failure(self, times=1) -> None:
         """The next `times` jobs end `failed`, having done nothing."""
@@ -283,12 +285,6 @@ class FakeKlaviyo(FakeServer):
         super().clear_injections()
         with self._lock:
             self._fail_jobs = 0
-
-    @staticmethod
-    def _check(scope: str) -> str:
-        if scope not in INJECTION_SCOPES:
-            raise ValueError(f"scope must be one of {INJECTION_SCOPES}")
-        return scope
 
     # -- HTTP plumbing -----------------------------------------------------------------------
     def _route(self, req: Request):

@@ -139,6 +139,8 @@ class MemberRefused(Exception):
 
 
 class FakeMailchimp(FakeServer):
+    injection_scopes = SCOPES
+
     def __init__(self, api_key: str = API_KEY, list_id: str = LIST_ID, *, list_name: str = "Customers",
                  merge_fields=DEFAULT_MERGE_FIELDS, max_connections: int = 10):
         super().__init__()
@@ -251,30 +253,24 @@ class FakeMailchimp(FakeServer):
 
     def inject_throttle(self, times=1, scope="all") -> None:
         """429 Too Many Requests, the concurrency limit's answer (no Retry-After, no rate headers)."""
-        self._push("fault", times, self._scope_ok(scope), fault="throttle")
+        self._push("fault", times, scope, fault="throttle")
 
     def inject_bare_forbidden(self, times=1, scope="all") -> None:
         """A bare 403 with no problem body, as Mailchimp answers at extreme volume."""
-        self._push("fault", times, self._scope_ok(scope), fault="bare403")
+        self._push("fault", times, scope, fault="bare403")
 
     def inject_forbidden(self, times=1, scope="all") -> None:
         """403 with a problem body: the key may not do this (a disabled user, a missing permission)."""
-        self._push("fault", times, self._scope_ok(scope), fault="forbidden")
+        self._push("fault", times, scope, fault="forbidden")
 
     def inject_server_error(self, times=1, status=500, scope="all") -> None:
         if status not in (500, 502, 503, 504):
             raise ValueError("status must be 500, 502, 503 or 504")
-        self._push("fault", times, self._scope_ok(scope), fault="server", status=status)
+        self._push("fault", times, scope, fault="server", status=status)
 
     def inject_delay(self, seconds: float, times=1, scope="all") -> None:
         """Answer the next requests in scope `seconds` late (then apply them), holding their connection meanwhile."""
-        self._push("hold", times, self._scope_ok(scope), seconds=seconds)
-
-    @staticmethod
-    def _scope_ok(scope: str) -> str:
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}")
-        return scope
+        self._push("hold", times, scope, seconds=seconds)
 
     # -- plumbing ------------------------------------------------------------------------
     def _route(self, req: Request):

@@ -261,6 +261,8 @@ def _fold(value, ftype: str):
 
 
 class FakeSalesforce(FakeServer):
+    injection_scopes = SCOPES
+
     def __init__(self, client_id="3MVG9fake.consumer.key", client_secret="fake-consumer-secret",
                  refresh_token="5Aep861fake.refresh.token", api_version="v61.0", *, api_limit=15_000,
                  page_size=2000, running_polls=1):
@@ -364,15 +366,15 @@ class FakeSalesforce(FakeServer):
         """403 REQUEST_LIMIT_EXCEEDED: "concurrent" (ConcurrentPerOrgLongTxn) or "daily" (TotalRequests)."""
         if kind not in ("concurrent", "daily"):
             raise ValueError("kind is 'concurrent' or 'daily'")
-        self._push("fault", times, self._check(scope), fault="limit", limit=kind)
+        self._push("fault", times, scope, fault="limit", limit=kind)
 
     def inject_server_error(self, times=1, status=500, scope="all") -> None:
         if status not in (500, 502, 503):
             raise ValueError("status must be 500, 502 or 503")
-        self._push("fault", times, self._check(scope), fault="server", status=status)
+        self._push("fault", times, scope, fault="server", status=status)
 
     def inject_delay(self, seconds: float, times=1, scope="all") -> None:
-        self._push("delay", times, self._check(scope), seconds=seconds)
+        self._push("delay", times, scope, seconds=seconds)
 
     def reject_emails(self, emails, message: str | None = None) -> None:
         """Persistent: creating or updating a Lead/Contact with these emails fails per record (a validation rule)."""
@@ -398,12 +400,6 @@ class FakeSalesforce(FakeServer):
     def revoke_refresh_token(self) -> None:
         with self._lock:
             self.refresh_token = None
-
-    @staticmethod
-    def _check(scope: str) -> str:
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}")
-        return scope
 
     # -- HTTP plumbing --------------------------------------------------------------------------
     def _api_path(self, req: Request) -> str | None:
