@@ -109,6 +109,8 @@ class RefreshingToken:
                 error = None
             if error == "invalid_grant":
                 setting = self._settings["refresh_token"]
+            elif error == "invalid_client_id":  # Salesforce's own code for an unknown consumer key
+                setting = "client_id"
             elif error in ("invalid_client", "unauthorized_client") or response.status_code == 401:
                 setting = self._settings["client"]
             else:

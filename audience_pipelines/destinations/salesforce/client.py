@@ -167,23 +167,12 @@ class SalesforceDestination(Destination[SalesforceSettings]):
         text = "; ".join(f"{e.get('errorCode')}: {e.get('message')}" for e in errors[:3])
         return self.redact(text)[:400]
 
-    def _token(self) -> str:
-        try:
-            return self.oauth.get()
-        except CredentialsError:
-            raise
-        except TerminalError as exc:
-            if "invalid_client_id" in str(exc):  # Salesforce's own code for an unknown consumer key
-                raise CredentialsError(f"salesforce: the setting 'client_id' was refused by Salesforce's token "
-                                       f"endpoint ({exc})", status=exc.status) from None
-            raise
-
     def call(self, method: str, path: str, *, once: bool = False, **kwargs) -> httpx.Response:
         """One API request (retried by the HTTP policy); the access token is renewed once after a 401, and
         credential or permission refusals stop the run here."""
         extra = kwargs.pop("headers", {})
         for attempt in (1, 2):
-            headers = {"Authorization": f"Bearer {self._token()}", **extra}
+            headers = {"Authorization": f"Bearer {self.oauth.get()}", **extra}
             with self.http.once() if once else contextlib.nullcontext():
                 response = self.http.request(method, path, headers=headers, **kwargs)
             self.requests += 1
