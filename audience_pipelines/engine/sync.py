@@ -194,44 +194,11 @@ def run_sync(
             kind = type(exc) if isinstance(exc, TerminalError) else TerminalError
             raise kind(f"sync '{spec.name}': could not open the destination audience "
                        f"({target.describe()}): {exc}", status=exc.status) from exc
-        old = None
-        audience_changed = bool(manifest and manifest.snapshot_file
-                                and manifest.destination_audience_id != audience_id)
-        if manifest and manifest.snapshot_file:
-            if audience_changed:
-                notes.append(
-                    f"destination audience changed from {manifest.destination_audience_id} to {audience_id}; "
-                    "the new audience gets the full membership and the old one is left as it is"
-                )
-            else:
-                old = store.read()
-            if manifest.config_fingerprint != spec.fingerprint():
-                notes.append("sync configuration changed since the last run")
+        old, audience_changed = _held(spec, store, manifest, audience_id, notes)
         replace_again, resume = _recover_session(destination, store, audience_id, audience_changed, notes)
-        first_run = old is None
-        schema = payload.table.schema
-        old = _conform(old, schema) if old is not None else schema.empty_table()
-        pending = store.read_pending()
-        if pending is not None and not audience_changed:
-            pending = _conform(pending, schema)
-            old = _with_uncertain(old, pending)
-            notes.append(f"{pending.num_rows} rows from an interrupted run are sent again")
-        else:
-            pending = None
-        plan = plan_diff(payload.table, old)
-        if RECORD_ID in schema.names:  # members already held keep the platform's record id
-            payload.table = _with_old_record_ids(payload.table, old, plan)
-        full = options.full_resync or replace_again
-        replace = (full and not first_run and destination.capabilities.replaces_audience and spec.mode == "mirror"
-                   and spec.sends_removes and payload.table.num_rows > 0)
-        result = SyncResult(
-            sync=spec.name, run_id=options.run_id,
-            run_kind=FIRST_RUN if first_run else FULL_RESEND if full else DIFF,
-            sync_mode=spec.mode, destination_audience_id=audience_id,
-            membership_rows=members.num_rows, set_aside=payload.set_aside, held_before=old.num_rows,
-            set_aside_sample=payload.set_aside_samples, invalid_identifiers=payload.invalid_identifiers,
-            invalid_identifiers_set_aside=payload.invalid_identifiers_set_aside, notes=notes, replaced=replace,
-        )
+        old, pending, plan, first_run, full, replace, result = _plan(
+            spec, payload, members, destination, store, options, old, audience_changed, replace_again,
+            audience_id, notes)
         _guard_mass_removal(spec, plan, old.num_rows, options, result)
         ops = _operations(spec, plan, payload, old, full, result,
                           [] if replace else _match_columns(spec, destination), replace)
@@ -292,6 +259,53 @@ def run_sync(
             result.audience_size, result.match_rate, result.match_rate_basis = report
     result.duration_s = time.monotonic() - started
     return result
+
+
+def _held(spec: SyncSpec, store: SnapshotStore, manifest: Manifest | None, audience_id: str | None,
+          notes: list[str]) -> tuple[pa.Table | None, bool]:
+    """What the destination audience holds as far as the snapshot knows (None: nothing sent yet), and
+    whether the sync now writes another audience than the snapshot's."""
+    if not (manifest and manifest.snapshot_file):
+        return None, False
+    changed = audience_id is not None and manifest.destination_audience_id != audience_id
+    if changed:
+        notes.append(f"destination audience changed from {manifest.destination_audience_id} to {audience_id}; "
+                     "the new audience gets the full membership and the old one is left as it is")
+    if manifest.config_fingerprint != spec.fingerprint():
+        notes.append("sync configuration changed since the last run")
+    return (None if changed else store.read()), changed
+
+
+def _plan(spec: SyncSpec, payload: Payload, members: pa.Table, destination: Destination, store: SnapshotStore,
+          options: RunOptions, old: pa.Table | None, audience_changed: bool, replace_again: bool,
+          audience_id: str | None, notes: list[str]):
+    """The diff of the membership against what is held (with rows of an interrupted run as unknown), and
+    the kind of run it makes: (old, pending, plan, first run, full, replace, result)."""
+    first_run = old is None
+    schema = payload.table.schema
+    old = _conform(old, schema) if old is not None else schema.empty_table()
+    pending = store.read_pending()
+    if pending is not None and not audience_changed:
+        pending = _conform(pending, schema)
+        old = _with_uncertain(old, pending)
+        notes.append(f"{pending.num_rows} rows from an interrupted run are sent again")
+    else:
+        pending = None
+    plan = plan_diff(payload.table, old)
+    if RECORD_ID in schema.names:  # members already held keep the platform's record id
+        payload.table = _with_old_record_ids(payload.table, old, plan)
+    full = options.full_resync or replace_again
+    replace = (full and not first_run and destination.capabilities.replaces_audience and spec.mode == "mirror"
+               and spec.sends_removes and payload.table.num_rows > 0)
+    result = SyncResult(
+        sync=spec.name, run_id=options.run_id,
+        run_kind=FIRST_RUN if first_run else FULL_RESEND if full else DIFF,
+        sync_mode=spec.mode, destination_audience_id=audience_id or "",
+        membership_rows=members.num_rows, set_aside=payload.set_aside, held_before=old.num_rows,
+        set_aside_sample=payload.set_aside_samples, invalid_identifiers=payload.invalid_identifiers,
+        invalid_identifiers_set_aside=payload.invalid_identifiers_set_aside, notes=notes, replaced=replace,
+    )
+    return old, pending, plan, first_run, full, replace, result
 
 
 def audience_report(destination: Destination, audience_id: str, held: int) -> tuple[int | None, float | None,
