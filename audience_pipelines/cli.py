@@ -1,8 +1,10 @@
-"""`audience-pipelines`: resend, runs, pause/resume, forget, destinations and audiences, next to the Dagster UI."""
+"""`audience-pipelines`: resend, runs, pause/resume, forget, preview and test sync, destinations and audiences,
+next to the Dagster UI."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -197,6 +199,49 @@ def cmd_audiences(args) -> int:
     return 0
 
 
+def _run_preview_job(sync: str, config: dict) -> int:
+    """Run the sync's preview job in this process on the project's Dagster instance, so it shows in the UI."""
+    import dagster as dg
+
+    from audience_pipelines.components.sync import preview_job_name, preview_op_name
+    from audience_pipelines.definitions import defs
+    from audience_pipelines.project import DAGSTER_HOME_ENV, dagster_home
+
+    try:
+        definitions = defs()
+    except Exception as exc:  # noqa: BLE001 - report the YAML mistake, not a traceback
+        raise AudiencePipelinesError(f"the definitions failed to load: {first_line(str(exc))}") from exc
+    jobs = {j.name: j for j in definitions.resolve_all_job_defs()}
+    if preview_job_name(sync) not in jobs:
+        known = sorted(n.removeprefix("preview_") for n in jobs if n.startswith("preview_"))
+        raise AudiencePipelinesError(f"no sync named '{sync}' in the definitions (known: {', '.join(known)})")
+    os.environ.setdefault(DAGSTER_HOME_ENV, str(dagster_home()))
+    with dg.DagsterInstance.get() as instance:
+        result = jobs[preview_job_name(sync)].execute_in_process(
+            run_config={"ops": {preview_op_name(sync): {"config": config}}}, instance=instance,
+            raise_on_error=False)
+    if not result.success:
+        failure = next((e.step_failure_data.error for e in result.all_events if e.is_step_failure), None)
+        message = failure.message.strip() if failure else "the run failed"
+        print(f"audience-pipelines: {message}", file=sys.stderr)
+        return 1
+    print(result.output_for_node(preview_op_name(sync)))
+    print(f"(run {result.run_id} on the Dagster instance)")
+    return 0
+
+
+def cmd_preview(args) -> int:
+    return _run_preview_job(args.sync, {"sample_rows": args.rows, "full_resync": args.full_resync,
+                                        "allow_mass_removal": args.allow_mass_removal})
+
+
+def cmd_test_sync(args) -> int:
+    if not args.key and not args.first:
+        raise AudiencePipelinesError("name the members to send with --key (repeatable) or --first N")
+    return _run_preview_job(args.sync, {"test_keys": args.key or [], "test_first": args.first or 0,
+                                        "commit": args.commit})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="audience-pipelines", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -232,6 +277,21 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("audiences", help="list the destination audiences syncs created or found, per account")
     p.add_argument("destination", help="a destination type, or the name of a destination declared in YAML")
     p.set_defaults(fn=cmd_audiences)
+
+    p = sub.add_parser("preview", help="what a sync's next run would send, nothing sent or changed")
+    p.add_argument("sync")
+    p.add_argument("--rows", type=int, default=5, help="sample rows per operation (default 5)")
+    p.add_argument("--full-resync", action="store_true", help="preview a full resend")
+    p.add_argument("--allow-mass-removal", action="store_true", help="as a run allowed to pass the guard")
+    p.set_defaults(fn=cmd_preview)
+
+    p = sub.add_parser("test-sync", help="send a few members to a sync's real destination audience and show "
+                                          "each one's outcome (not committed unless --commit)")
+    p.add_argument("sync")
+    p.add_argument("--key", action="append", help="a member's key (repeatable)")
+    p.add_argument("--first", type=int, help="or the first N members the preview adds or updates")
+    p.add_argument("--commit", action="store_true", help="record the members the platform accepted as held")
+    p.set_defaults(fn=cmd_test_sync)
 
     args = parser.parse_args(argv)
     try:

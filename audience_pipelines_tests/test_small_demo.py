@@ -109,3 +109,47 @@ attributes: {name: top_to_crm, audience: top_spenders, destination: crm_table}
         materialize(defs, "audiences/high_value_customers", "syncs/high_value_to_crm", instance=instance)
     assert held() == before
     assert (small_demo / "syncs" / "top_to_crm" / "manifest.json").exists()
+
+
+def test_preview_and_test_sync_from_the_cli_leave_the_snapshot_and_show_in_dagster(small_demo, capsys):
+    import duckdb as _duckdb  # the demo CRM table, read back
+
+    with dg.DagsterInstance.get() as instance:  # the project's instance (DAGSTER_HOME): what the CLI uses
+        materialize(load_defs(), "audiences/high_value_customers", SYNC, instance=instance)
+    store = small_demo / "syncs" / "high_value_to_crm"
+    manifest = (store / "manifest.json").read_bytes()
+    crm = small_demo / "demo_crm.duckdb"
+
+    def crm_rows():
+        with _duckdb.connect(str(crm), read_only=True) as con:
+            return con.execute("SELECT key, email, plan FROM audience_members ORDER BY key").fetchall()
+
+    held = crm_rows()
+    # Two members leave the audience in the warehouse: the preview shows their removal, sends nothing.
+    leavers = [k for k, _, _ in held[:2]]
+    with _duckdb.connect(str(small_demo / "demo_warehouse.duckdb")) as con:
+        con.execute(f"UPDATE customers SET lifetime_value = 5 WHERE customer_id IN ({', '.join(repr(k) for k in leavers)})")
+    with dg.DagsterInstance.get() as instance:
+        materialize(load_defs(), "audiences/high_value_customers", instance=instance)
+    capsys.readouterr()
+    assert cli(["preview", "high_value_to_crm", "--rows", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "sync 'high_value_to_crm': diff run to audience high_value_customers" in out
+    assert "remove 2, update 0, add 0" in out and "mass-removal guard: passes: 2 of" in out
+    assert f"'key': '{leavers[0]}'" in out
+    assert crm_rows() == held and (store / "manifest.json").read_bytes() == manifest
+    # A test sync of one named member: sent to the real table, reported, not committed.
+    joiner = str(min(k for k, _, _ in held if k not in leavers))
+    with _duckdb.connect(str(crm)) as con:
+        con.execute(f"DELETE FROM audience_members WHERE key = '{joiner}'")
+    assert cli(["test-sync", "high_value_to_crm", "--key", joiner]) == 0
+    out = capsys.readouterr().out
+    assert f"  {joiner}: resent (unchanged)" in out and "not committed" in out
+    assert joiner in {k for k, _, _ in crm_rows()} and (store / "manifest.json").read_bytes() == manifest
+    assert cli(["test-sync", "high_value_to_crm", "--key", "no-such-key"]) == 1
+    assert "1 key(s) are not members of audience 'high_value_customers'" in capsys.readouterr().err
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs(dg.RunsFilter(job_name="preview_high_value_to_crm"))
+        assert [r.status for r in runs] == [dg.DagsterRunStatus.FAILURE] + [dg.DagsterRunStatus.SUCCESS] * 2
+        observations = instance.fetch_observations(dg.AssetKey(["syncs", "high_value_to_crm"]), limit=10).records
+        assert {o.asset_observation.description for o in observations} >= {"Preview (nothing sent)", "Test sync"}

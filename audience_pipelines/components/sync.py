@@ -22,6 +22,7 @@ from audience_pipelines.engine import (
     AudiencePipelinesError, ConfigError, MassRemovalBlocked, RunOptions, SyncResult, SyncSpec, run_sync,
 )
 from audience_pipelines.engine.history import RunRecord
+from audience_pipelines.engine.preview import Preview, choose_test_members, preview_sync, run_test_sync
 from audience_pipelines.engine.sync import MODES, REMOVALS, RUN_KIND_TEXT, audience_report, planned_run_kind
 from audience_pipelines.engine.targets import run_by_column
 from audience_pipelines.resources import AudienceStorage
@@ -45,6 +46,34 @@ class TargetConfig(dg.Model, dg.Resolvable):
 class SyncRunConfig(dg.Config):
     full_resync: bool = False
     allow_mass_removal: bool = False
+
+
+class PreviewConfig(dg.Config):
+    """A sync's preview job: what its next run would send. `test_keys` or `test_first` make it a test sync."""
+
+    sample_rows: int = 5
+    full_resync: bool = False
+    allow_mass_removal: bool = False
+    test_keys: list[str] = []  # send these members to the real destination audience
+    test_first: int = 0  # or the first N members the preview adds or updates
+    commit: bool = False  # record the test members the platform accepted in the snapshot
+
+
+def preview_job_name(sync: str) -> str:
+    return f"preview_{sync}"
+
+
+def preview_op_name(sync: str) -> str:
+    """The preview job's one step: its run config goes under `ops: {<this>: {config: ...}}`."""
+    return f"{sync}_preview"
+
+
+def preview_metadata(preview: Preview) -> dict:
+    return {"run_kind": preview.run_kind, "would_block": preview.blocked, "mass_removal_guard": preview.guard,
+            **{f"would_{name}": n for name, n in preview.counts.items()},
+            "samples": dg.MetadataValue.json(preview.samples),
+            "set_aside_sample": dg.MetadataValue.json(preview.set_aside_sample),
+            "preview": dg.MetadataValue.md(f"```\n{preview.text()}\n```")}
 
 
 def schedule_name(sync: str) -> str:
@@ -105,6 +134,14 @@ def result_metadata(r: SyncResult, error: str | None = None) -> dict:
         "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in r.notes)) if r.notes else dg.MetadataValue.null(),
         **({"error": dg.MetadataValue.md(error)} if error else {}),
     }
+
+
+def _membership(storage: AudienceStorage, spec: SyncSpec):
+    path = storage.membership_path(spec.audience)
+    if not path.exists():
+        raise dg.Failure(f"sync '{spec.name}': audience '{spec.audience}' has not been materialized yet "
+                         f"(no {path}); materialize audiences/{spec.audience} first")
+    return pq.read_table(path)
 
 
 def audience_size_sensor_name(sync: str) -> str:
@@ -321,6 +358,9 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
         if warning:
             warnings.warn(ScheduleWarning(f"{where(context)}: {warning}"), stacklevel=2)
         key = sync_key(self.name)
+        # One pool per sync (or per destination, to share its rate limit): with the pools'
+        # default limit of 1 in dagster.yaml, two runs of a sync never overlap; the second waits.
+        pool = destination.pool or f"sync_{self.name}"
         dest_key = destination.resource_key
         max_failure_rate = self.max_failure_rate
         max_drop = self.max_match_rate_drop
@@ -329,11 +369,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
 
         def _run(context: dg.AssetExecutionContext, storage: AudienceStorage, config: SyncRunConfig,
                  full: bool) -> SyncResult:
-            path = storage.membership_path(spec.audience)
-            if not path.exists():
-                raise dg.Failure(f"sync '{spec.name}': audience '{spec.audience}' has not been materialized yet "
-                                 f"(no {path}); materialize audiences/{spec.audience} first")
-            members = pq.read_table(path)
+            members = _membership(storage, spec)
             store = storage.snapshot_store(spec.name)
             context.log.info(f"sync '{spec.name}': {members.num_rows:,} members, "
                              f"{RUN_KIND_TEXT[planned_run_kind(store, full)]}")
@@ -365,9 +401,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                                                  "run's (a warning)")] if reports_match else []),
             ],
             tags={"audience/destination": destination.name},
-            # One pool per sync (or per destination, to share its rate limit): with the pools'
-            # default limit of 1 in dagster.yaml, two runs of a sync never overlap; the second waits.
-            pool=destination.pool or f"sync_{self.name}",
+            pool=pool,
             automation_condition=dg.AutomationCondition.eager() if self.schedule == ON_AUDIENCE_UPDATE else None,
             metadata={"audience": audience.name, "destination": destination.name,
                       "destination_type": destination.type, "sync_mode": spec.mode,
@@ -427,6 +461,47 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                 ],
             )
 
+        @dg.op(name=preview_op_name(self.name), required_resource_keys={"audience_storage", dest_key}, pool=pool,
+               description=f"Preview sync '{self.name}': what its next run would send, nothing sent (or, with "
+                           "test_keys / test_first, a test sync of a few members)")
+        def _preview(context: dg.OpExecutionContext, config: PreviewConfig) -> str:
+            storage: AudienceStorage = context.resources.audience_storage
+            members = _membership(storage, spec)
+            store = storage.snapshot_store(spec.name)
+            target = getattr(context.resources, dest_key).open(storage.root)
+            options = RunOptions(run_id=context.run.run_id, full_resync=config.full_resync,
+                                 allow_mass_removal=config.allow_mass_removal, progress=context.log.info,
+                                 registry=storage.audience_registry())
+            try:
+                if spec.target_column:
+                    raise dg.Failure(f"sync '{spec.name}': preview is not available for a target named by a column")
+                if config.test_keys or config.test_first:
+                    keys = choose_test_members(spec, members, target, store, options, keys=config.test_keys,
+                                               first=config.test_first)
+                    tested = run_test_sync(spec, members, target, store, options, keys, commit=config.commit)
+                    text = tested.text()
+                    event = dg.AssetObservation(asset_key=key, description="Test sync", metadata={
+                        "test_sync": dg.MetadataValue.json(tested.outcomes), "committed": tested.committed,
+                        "destination_audience_id": tested.destination_audience_id})
+                else:
+                    preview = preview_sync(spec, members, target, store, options, sample_rows=config.sample_rows)
+                    text = preview.text()
+                    event = dg.AssetObservation(asset_key=key, description="Preview (nothing sent)",
+                                                metadata=preview_metadata(preview))
+            except AudiencePipelinesError as exc:
+                raise dg.Failure(description=str(exc)) from exc
+            finally:
+                target.close()
+            context.log.info(text)
+            context.log_event(event)
+            return text
+
+        preview_job = dg.JobDefinition(
+            graph_def=dg.GraphDefinition(name=preview_job_name(self.name), node_defs=[_preview]),
+            description=f"What sync '{self.name}' would send now, nothing sent; test_keys or test_first in the "
+                        "run config send those members to the real destination audience (a test sync)",
+            tags={"audience/destination": destination.name})
+
         running = schedules_running(context)
         schedules = build_schedule(schedule_name(self.name), self.schedule, key, f"sync '{self.name}'",
                                    running=running)
@@ -441,7 +516,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
         if reports_match and not spec.target_column:
             sensors.append(audience_size_sensor(spec.name, key, dest_key, running,
                                                 audience_size_interval_seconds(context)))
-        return dg.Definitions(assets=[_sync], schedules=schedules, sensors=sensors)
+        return dg.Definitions(assets=[_sync], schedules=schedules, sensors=sensors, jobs=[preview_job])
 
 
 ONE_CLICK_SCHEDULE = "daily"
