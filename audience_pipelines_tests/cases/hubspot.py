@@ -34,7 +34,7 @@ class HubSpotCase(PlatformCase):
         return {c["email"]: c.get("plan") for c in self.fake.contacts.values()}
 
     def expected(self, members):
-        by_email = {self.fake.contacts[c]["email"]: c for c in self.fake.contacts}
+        by_email = {c["email"]: cid for cid, c in self.fake.contacts.items()}  # a copy of them all: taken once
         return {by_email.get(e, f"no contact for {e}"): (e, p) for e, p in members.values()}
 
     faults = {
