@@ -7,6 +7,7 @@ import argparse
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from audience_pipelines.engine import AudiencePipelinesError
@@ -204,13 +205,9 @@ def _run_preview_job(sync: str, config: dict) -> int:
     import dagster as dg
 
     from audience_pipelines.components.sync import preview_job_name, preview_op_name
-    from audience_pipelines.definitions import defs
     from audience_pipelines.project import DAGSTER_HOME_ENV, dagster_home
 
-    try:
-        definitions = defs()
-    except Exception as exc:  # noqa: BLE001 - report the YAML mistake, not a traceback
-        raise AudiencePipelinesError(f"the definitions failed to load: {first_line(str(exc))}") from exc
+    definitions = _load_definitions()
     jobs = {j.name: j for j in definitions.resolve_all_job_defs()}
     if preview_job_name(sync) not in jobs:
         known = sorted(n.removeprefix("preview_") for n in jobs if n.startswith("preview_"))
@@ -240,6 +237,75 @@ def cmd_test_sync(args) -> int:
         raise AudiencePipelinesError("name the members to send with --key (repeatable) or --first N")
     return _run_preview_job(args.sync, {"test_keys": args.key or [], "test_first": args.first or 0,
                                         "commit": args.commit})
+
+
+def _paused_in_instance(definitions) -> Callable[[str], bool]:
+    """Whether a sync's schedule or automation sensor is stopped, as the Dagster instance records it."""
+    import dagster as dg
+    from dagster._core.scheduler.instigation import InstigatorStatus
+
+    from audience_pipelines.components.sync import automation_sensor_name, schedule_name
+    from audience_pipelines.project import DAGSTER_HOME_ENV, dagster_home
+
+    repo = definitions.get_repository_def()
+    triggers = {**{s.name: s for s in repo.schedule_defs}, **{s.name: s for s in repo.sensor_defs}}
+    os.environ.setdefault(DAGSTER_HOME_ENV, str(dagster_home()))
+    with dg.DagsterInstance.get() as instance:
+        stored = {s.instigator_name: s.status for s in instance.all_instigator_state()}
+
+    def paused(sync: str) -> bool:
+        name = next((n for n in (schedule_name(sync), automation_sensor_name(sync)) if n in triggers), None)
+        if name is None:
+            return False  # a manual sync: nothing starts it, nothing to pause
+        status = stored.get(name)
+        if status in (InstigatorStatus.RUNNING, InstigatorStatus.STOPPED):
+            return status == InstigatorStatus.STOPPED
+        return triggers[name].default_status.value != "RUNNING"
+
+    return paused
+
+
+def cmd_quick_sync(args) -> int:
+    from audience_pipelines.components import quick_sync
+
+    definitions = _load_definitions()
+    plan = quick_sync.plan_quick_sync(args.audience, args.to, _paused_in_instance(definitions), name=args.name,
+                                      defs=quick_sync.DEFS)
+    if plan.template is None:
+        print(f"no active sync of an audience on the same entity writes to destination '{args.to}', so there is "
+              f"nothing to copy and nothing was written. A sync to start from (add it to a YAML file under "
+              f"defs/, then fill in identifiers and fields):\n\n---\n{plan.yaml()}")
+        return 1
+    template = plan.template.attributes["name"]
+    copied = [k for k in plan.attributes if k not in ("name", "audience", "destination", "target")]
+
+    def validate() -> None:
+        try:
+            quick_sync.validate_project()
+        except Exception as exc:  # noqa: BLE001 - the YAML mistake, as loading reports it
+            raise AudiencePipelinesError(f"the new sync does not load, so {plan.path} was left as it was: "
+                                         f"{first_line(str(exc))}") from exc
+
+    quick_sync.write_quick_sync(plan, validate)
+    print(f"sync '{plan.name}' written to {plan.path} (document {len(list(_documents(plan.path)))}), copied from "
+          f"sync '{template}' ({plan.template.path}, document {plan.template.index + 1}): {', '.join(copied)}; "
+          f"target: {plan.attributes['target']}\n\n---\n{plan.yaml()}")
+    return 0
+
+
+def _documents(path: Path):
+    import yaml
+
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def _load_definitions():
+    from audience_pipelines.definitions import defs
+
+    try:
+        return defs()
+    except Exception as exc:  # noqa: BLE001 - report the YAML mistake, not a traceback
+        raise AudiencePipelinesError(f"the definitions failed to load: {first_line(str(exc))}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,6 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first", type=int, help="or the first N members the preview adds or updates")
     p.add_argument("--commit", action="store_true", help="record the members the platform accepted as held")
     p.set_defaults(fn=cmd_test_sync)
+
+    p = sub.add_parser("quick-sync", help="a new sync for an audience, copied from the newest active sync of the "
+                                           "same entity to the same destination")
+    p.add_argument("audience")
+    p.add_argument("--to", required=True, metavar="DESTINATION", help="a destination declared in YAML")
+    p.add_argument("--name", help="the new sync's name (default <audience>_to_<destination>)")
+    p.set_defaults(fn=cmd_quick_sync)
 
     args = parser.parse_args(argv)
     try:
