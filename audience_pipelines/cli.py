@@ -215,7 +215,8 @@ def _run_preview_job(sync: str, config: dict) -> int:
     os.environ.setdefault(DAGSTER_HOME_ENV, str(dagster_home()))
     with dg.DagsterInstance.get() as instance:
         result = jobs[preview_job_name(sync)].execute_in_process(
-            run_config={"ops": {preview_op_name(sync): {"config": config}}}, instance=instance,
+            run_config={"ops": {preview_op_name(sync): {"config": config}},
+                        "loggers": {"console": {"config": {"log_level": "WARNING"}}}}, instance=instance,
             raise_on_error=False)
     if not result.success:
         failure = next((e.step_failure_data.error for e in result.all_events if e.is_step_failure), None)

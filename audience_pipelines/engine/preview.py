@@ -33,6 +33,7 @@ class Preview:
     sync: str
     run_kind: str  # first_run | full_resend | diff
     destination_audience_id: str | None  # None: found or created by name when the sync runs
+    target: str  # the sync's target, as configured
     counts: dict[str, int]  # add, remove, update, resend, unchanged, set_aside, not_sent_by_mode, ...
     guard: str  # what the mass-removal guard would say
     blocked: bool  # the guard would stop the run before anything is sent
@@ -44,7 +45,7 @@ class Preview:
         """The preview as a person reads it in a terminal or a run's metadata."""
         lines = [f"sync '{self.sync}': {RUN_KIND_TEXT[self.run_kind]} to "
                  + (f"audience {self.destination_audience_id}" if self.destination_audience_id
-                    else "the audience found or created by name"),
+                    else f"the audience with {self.target} (found or created when the sync runs)"),
                  "  " + ", ".join(f"{k} {v:,}" for k, v in self.counts.items()),
                  f"  mass-removal guard: {self.guard}"]
         for name, rows in self.samples.items():
@@ -94,7 +95,7 @@ def preview_sync(spec: SyncSpec, members: pa.Table, destination: Destination, st
         samples[op.name] = without_engine_columns(rows).to_pylist()
     if replace:
         notes.append("a full resend replaces the audience in one session: departed members drop out when it closes")
-    return Preview(spec.name, result.run_kind, audience_id, counts, guard, blocked, samples,
+    return Preview(spec.name, result.run_kind, audience_id, spec.target.describe(), counts, guard, blocked, samples,
                    result.set_aside_sample, notes)
 
 
