@@ -225,7 +225,7 @@ def test_every_mistake_of_a_document_gets_its_own_line(home):
 def test_an_unknown_key_without_a_close_one_lists_the_keys(home):
     assert mistake(SPARE + GOOD_ENTITY + "  colour: blue\n") == (
         f"{AT}: entity 'people', key 'colour': unknown key (the keys are: name, kind, table, key, warehouse, "
-        "identifiers, attributes)")
+        "identifiers, attributes, related)")
 
 
 def test_a_template_error_names_the_key(home):

@@ -16,6 +16,7 @@ from audience_pipelines.components.schedules import (
 from audience_pipelines.components.settings import (
     FULL_RESYNC_TAG, audience_size_interval_seconds, automation_interval_seconds, schedules_running,
 )
+from audience_pipelines.components.warehouse import Warehouse
 from audience_pipelines.components.yaml_text import Text
 from audience_pipelines.contract import Target
 from audience_pipelines.engine import (
@@ -23,6 +24,8 @@ from audience_pipelines.engine import (
 )
 from audience_pipelines.engine.history import RunRecord
 from audience_pipelines.engine.preview import Preview, choose_test_members, preview_sync, run_test_sync
+from audience_pipelines.engine.related import join_related, read_related, wanted
+from audience_pipelines.engine.related import split as split_related
 from audience_pipelines.engine.sync import MODES, REMOVALS, RUN_KIND_TEXT, audience_report, planned_run_kind
 from audience_pipelines.engine.targets import run_by_column
 from audience_pipelines.resources import AudienceStorage
@@ -136,12 +139,21 @@ def result_metadata(r: SyncResult, error: str | None = None) -> dict:
     }
 
 
-def _membership(storage: AudienceStorage, spec: SyncSpec):
+def _membership(context, storage: AudienceStorage, spec: SyncSpec, relations: list, warehouse_key: str | None):
+    """The audience's last membership, with the related fields the sync maps joined from the warehouse now."""
     path = storage.membership_path(spec.audience)
     if not path.exists():
         raise dg.Failure(f"sync '{spec.name}': audience '{spec.audience}' has not been materialized yet "
                          f"(no {path}); materialize audiences/{spec.audience} first")
-    return pq.read_table(path)
+    members = pq.read_table(path)
+    if relations:
+        engine = getattr(context.resources, warehouse_key).engine(storage)
+        for relation, columns in relations:
+            related = read_related(engine, relation, columns)
+            members = join_related(spec.name, members, relation, related)
+            context.log.info(f"sync '{spec.name}': {', '.join(columns)} joined from {relation.table} "
+                             f"({related.num_rows:,} rows) through relation '{relation.name}'")
+    return members
 
 
 def audience_size_sensor_name(sync: str) -> str:
@@ -251,6 +263,14 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                               f"take {unsupported}; it takes {sorted(caps.identifier_kinds)}")
         columns = set(entity.columns)
         region = {"region": self.phone_region_column} if self.phone_region_column else {}
+        for column in self.fields.values():
+            relation = split_related(column) if column not in columns else None
+            if relation and relation[0] not in entity.related:
+                raise ConfigError(f"{at}: {owner}, key 'fields': '{column}' names relation '{relation[0]}', which "
+                                  f"entity '{entity.name}' does not declare (its relations: "
+                                  f"{sorted(entity.related) or 'none'}; see the entity's 'related')")
+            if relation:
+                columns.add(column)  # joined from the related table when the sync runs
         for key, mapping in (("identifiers", identifiers), ("fields", self.fields), ("phone_region_column", region)):
             missing = sorted(c for c in mapping.values() if c not in columns)
             if missing:
@@ -353,6 +373,11 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         spec, audience, destination = self.spec(context)
+        entity = audience.resolve(context)
+        relations = [(entity.relation(name), cols) for name, cols in wanted(
+            [c for c in spec.fields.values() if c not in entity.columns]).items()]
+        warehouse_key = find(context, Warehouse, entity.warehouse, owner=f"entity '{entity.name}'",
+                             key="warehouse").resource_key if relations else None
         configured = destination.configured(context)
         warning = self.schedule_warning(context, audience)
         if warning:
@@ -369,7 +394,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
 
         def _run(context: dg.AssetExecutionContext, storage: AudienceStorage, config: SyncRunConfig,
                  full: bool) -> SyncResult:
-            members = _membership(storage, spec)
+            members = _membership(context, storage, spec, relations, warehouse_key)
             store = storage.snapshot_store(spec.name)
             context.log.info(f"sync '{spec.name}': {members.num_rows:,} members, "
                              f"{RUN_KIND_TEXT[planned_run_kind(store, full)]}")
@@ -389,7 +414,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             key=key, deps=[audience_key(audience.name)], group_name="syncs",
             kinds={configured.type.kind_tag},
             description=self.describe(spec, destination, warning),
-            required_resource_keys={"audience_storage", dest_key},
+            required_resource_keys={"audience_storage", dest_key, *([warehouse_key] if warehouse_key else [])},
             check_specs=[
                 dg.AssetCheckSpec(FAILURE_RATE_CHECK, asset=key,
                                   description=f"Rows failed / rows sent at most {max_failure_rate:.0%}"),
@@ -461,12 +486,13 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                 ],
             )
 
-        @dg.op(name=preview_op_name(self.name), required_resource_keys={"audience_storage", dest_key}, pool=pool,
+        @dg.op(name=preview_op_name(self.name), pool=pool,
+               required_resource_keys={"audience_storage", dest_key, *([warehouse_key] if warehouse_key else [])},
                description=f"Preview sync '{self.name}': what its next run would send, nothing sent (or, with "
                            "test_keys / test_first, a test sync of a few members)")
         def _preview(context: dg.OpExecutionContext, config: PreviewConfig) -> str:
             storage: AudienceStorage = context.resources.audience_storage
-            members = _membership(storage, spec)
+            members = _membership(context, storage, spec, relations, warehouse_key)
             store = storage.snapshot_store(spec.name)
             target = getattr(context.resources, dest_key).open(storage.root)
             options = RunOptions(run_id=context.run.run_id, full_resync=config.full_resync,
