@@ -1,8 +1,11 @@
 import datetime as dt
+import time
 import warnings
+from dataclasses import dataclass
 from typing import Literal
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import PrivateAttr
 
@@ -18,14 +21,17 @@ from audience_pipelines.components.settings import (
 )
 from audience_pipelines.components.warehouse import Warehouse
 from audience_pipelines.components.yaml_text import Text
-from audience_pipelines.contract import Target
+from audience_pipelines.contract import KEY, Target
 from audience_pipelines.engine import (
     AudiencePipelinesError, ConfigError, MassRemovalBlocked, RunOptions, SyncResult, SyncSpec, run_sync,
 )
 from audience_pipelines.engine.history import RunRecord
 from audience_pipelines.engine.preview import Preview, choose_test_members, preview_sync, run_test_sync
-from audience_pipelines.engine.related import join_related, read_related, wanted
+from audience_pipelines.engine.membership import build_membership
+from audience_pipelines.engine.related import Relation, join_related, read_related, wanted
 from audience_pipelines.engine.related import split as split_related
+from audience_pipelines.engine.segments import SEGMENTS_COLUMN, segment_membership
+from audience_pipelines.engine.warehouse import query_audience
 from audience_pipelines.engine.sync import MODES, REMOVALS, RUN_KIND_TEXT, audience_report, planned_run_kind
 from audience_pipelines.engine.targets import run_by_column
 from audience_pipelines.resources import AudienceStorage
@@ -139,21 +145,62 @@ def result_metadata(r: SyncResult, error: str | None = None) -> dict:
     }
 
 
-def _membership(context, storage: AudienceStorage, spec: SyncSpec, relations: list, warehouse_key: str | None):
-    """The audience's last membership, with the related fields the sync maps joined from the warehouse now."""
-    path = storage.membership_path(spec.audience)
-    if not path.exists():
-        raise dg.Failure(f"sync '{spec.name}': audience '{spec.audience}' has not been materialized yet "
-                         f"(no {path}); materialize audiences/{spec.audience} first")
-    members = pq.read_table(path)
-    if relations:
-        engine = getattr(context.resources, warehouse_key).engine(storage)
-        for relation, columns in relations:
-            related = read_related(engine, relation, columns)
-            members = join_related(spec.name, members, relation, related)
-            context.log.info(f"sync '{spec.name}': {', '.join(columns)} joined from {relation.table} "
-                             f"({related.num_rows:,} rows) through relation '{relation.name}'")
-    return members
+@dataclass(frozen=True)
+class MembershipSource:
+    """What a sync sends when it runs: an audience's last membership, or every record of the entity read
+    from the warehouse now, with related fields and the derived list of audiences joined on."""
+
+    sync: str
+    audience: str | None  # None: an entity sync
+    entity: str
+    query: str | None  # an entity sync's query of all records
+    key_column: str
+    columns: list[str]
+    relations: list[tuple[Relation, list[str]]]
+    segment_audiences: list[str]  # when the sync maps SEGMENTS_COLUMN: the entity's audiences
+    warehouse_key: str
+
+    @property
+    def resource_keys(self) -> list[str]:
+        return [self.warehouse_key] if self.query or self.relations else []
+
+    def read(self, context, storage: AudienceStorage) -> pa.Table:
+        if self.query:
+            engine = getattr(context.resources, self.warehouse_key).engine(storage)
+            label = f"entity '{self.entity}'"
+            m = build_membership(label, query_audience(engine, self.query, label, self.columns), self.key_column)
+            members = m.table
+            context.log.info(f"sync '{self.sync}': {members.num_rows:,} records of entity '{self.entity}'"
+                             + (f" ({m.set_aside.num_rows:,} set aside for null or duplicate keys)"
+                                if m.set_aside.num_rows else ""))
+        else:
+            path = storage.membership_path(self.audience)
+            if not path.exists():
+                raise dg.Failure(f"sync '{self.sync}': audience '{self.audience}' has not been materialized yet "
+                                 f"(no {path}); materialize audiences/{self.audience} first")
+            members = pq.read_table(path)
+        if self.relations:
+            engine = getattr(context.resources, self.warehouse_key).engine(storage)
+            for relation, columns in self.relations:
+                related = read_related(engine, relation, columns)
+                members = join_related(self.sync, members, relation, related)
+                context.log.info(f"sync '{self.sync}': {', '.join(columns)} joined from {relation.table} "
+                                 f"({related.num_rows:,} rows) through relation '{relation.name}'")
+        if self.segment_audiences:
+            started = time.monotonic()
+            held, missing = {}, []
+            for name in self.segment_audiences:
+                path = storage.membership_path(name)
+                if path.exists():
+                    held[name] = pq.read_table(path, columns=[KEY])[KEY]
+                else:
+                    missing.append(name)
+            members = members.append_column(SEGMENTS_COLUMN, segment_membership(members[KEY], held))
+            context.log.info(f"sync '{self.sync}': {SEGMENTS_COLUMN} from {len(held)} audience(s) of entity "
+                             f"'{self.entity}' in {time.monotonic() - started:.2f} s"
+                             + (f"; not materialized yet, so counted as empty: {', '.join(missing)}"
+                                if missing else ""))
+        return members
 
 
 def audience_size_sensor_name(sync: str) -> str:
@@ -216,10 +263,11 @@ def match_rate_check(now: float | None, before: float | None, max_drop: float) -
 
 
 class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
-    """Keeps one destination audience in step with one audience."""
+    """Keeps one destination audience in step with one audience, or with every record of an entity."""
 
     name: Text
-    audience: Text
+    audience: Text | None = None  # its members; or:
+    entity: Text | None = None  # every record of the entity (an entity sync, e.g. to keep a CRM field current)
     destination: Text
     target: TargetConfig | None = None  # default: a destination audience named like the audience
     mode: Literal[MODES] = "mirror"  # Literal: a misspelt value loads as an error with a did-you-mean
@@ -240,14 +288,23 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
 
     def target_config(self) -> TargetConfig:
         """The destination audience: as declared, or one named like the audience."""
-        return self.target or TargetConfig(name=self.audience)
+        return self.target or TargetConfig(name=self.audience or self.entity)
 
-    def spec(self, context: dg.ComponentLoadContext) -> tuple[SyncSpec, Audience, Destination]:
+    def spec(self, context: dg.ComponentLoadContext) -> tuple[SyncSpec, Audience | None, Destination, Entity]:
         owner = f"sync '{self.name}'"
         at = where(context)
-        audience = find(context, Audience, self.audience, owner=owner, key="audience")
+        if bool(self.audience) == bool(self.entity):
+            raise ConfigError(f"{at}: {owner}: give exactly one of 'audience' (its members) or 'entity' (every "
+                              "record of it: an entity sync)")
+        if self.audience:
+            audience = find(context, Audience, self.audience, owner=owner, key="audience")
+            entity = audience.resolve(context)
+            source = f"audience '{audience.name}'"
+        else:
+            audience, entity = None, find(context, Entity, self.entity, owner=owner, key="entity")
+            entity.validate_in(context)
+            source = f"entity '{entity.name}'"
         destination = find(context, Destination, self.destination, owner=owner, key="destination")
-        entity = audience.resolve(context)
         caps = destination.configured(context).capabilities
         for key, value, allowed in (("mode", self.mode, MODES), ("removal", self.removal, REMOVALS)):
             if value not in allowed:
@@ -261,7 +318,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
         if unsupported:
             raise ConfigError(f"{at}: {owner}, key 'identifiers': destination type '{destination.type}' does not "
                               f"take {unsupported}; it takes {sorted(caps.identifier_kinds)}")
-        columns = set(entity.columns)
+        columns = set(entity.columns) | {SEGMENTS_COLUMN}  # the derived list of audiences each record is in
         region = {"region": self.phone_region_column} if self.phone_region_column else {}
         for column in self.fields.values():
             relation = split_related(column) if column not in columns else None
@@ -274,8 +331,8 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
         for key, mapping in (("identifiers", identifiers), ("fields", self.fields), ("phone_region_column", region)):
             missing = sorted(c for c in mapping.values() if c not in columns)
             if missing:
-                raise ConfigError(f"{at}: {owner}, key '{key}': column(s) {missing} are not columns of audience "
-                                  f"'{audience.name}' (entity '{entity.name}' has {entity.columns})")
+                raise ConfigError(f"{at}: {owner}, key '{key}': column(s) {missing} are not columns of {source} "
+                                  f"(entity '{entity.name}' has {entity.columns}, and {SEGMENTS_COLUMN})")
         if self.fields and not caps.accepts_fields:
             raise ConfigError(f"{at}: {owner}, key 'fields': destination type '{destination.type}' takes no fields")
         if caps.requires_identifier and not identifiers:
@@ -289,7 +346,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             raise ConfigError(f"{at}: {owner}, key 'target': give exactly one of 'id', 'name' or 'name_column'")
         if target.name_column and target.name_column not in columns:
             raise ConfigError(f"{at}: {owner}, key 'target': name_column '{target.name_column}' is not a column of "
-                              f"audience '{audience.name}' (entity '{entity.name}' has {entity.columns})")
+                              f"{source} (entity '{entity.name}' has {entity.columns})")
         # A sync withdraws what it no longer sends; another sync's members in the same
         # destination audience would be withdrawn with them.
         for other in context.component_tree.get_all_components(of_type=AudienceSync):
@@ -309,7 +366,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                         "would withdraw the other's members. Give this sync a target of its own.")
         try:
             spec = SyncSpec(
-                name=self.name, audience=audience.name, destination=destination.name,
+                name=self.name, audience=audience.name if audience else entity.name, destination=destination.name,
                 target=Target(id=target.id, name=target.name), target_column=target.name_column,
                 identifiers=identifiers, fields=dict(self.fields),
                 mode=self.mode, removal=self.removal, max_removal_share=self.max_removal_share,
@@ -319,12 +376,13 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             )
         except ConfigError as exc:
             raise ConfigError(f"{at}: {exc}") from None
-        return spec, audience, destination
+        return spec, audience, destination, entity
 
     def describe(self, spec: SyncSpec, destination: Destination, warning: str | None) -> str:
         """The sync's configuration as a person would write it; settings its mode ignores are left out."""
+        source = f"every record of entity `{self.entity}`" if self.entity else f"audience `{spec.audience}`"
         lines = [
-            f"Syncs audience `{spec.audience}` to destination `{destination.name}` ({destination.type}).",
+            f"Syncs {source} to destination `{destination.name}` ({destination.type}).",
             "",
         ]
         if self._one_click:
@@ -358,10 +416,10 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                   f"- failure-rate threshold: {self.max_failure_rate:.0%}"]
         return "\n".join(lines)
 
-    def schedule_warning(self, context: dg.ComponentLoadContext, audience: Audience) -> str | None:
+    def schedule_warning(self, context: dg.ComponentLoadContext, audience: Audience | None) -> str | None:
         """Why this schedule wastes runs, if it does: the sync runs more often than its audience changes."""
         sync_runs = runs_per_four_weeks(self.schedule)
-        if sync_runs is None:
+        if sync_runs is None or audience is None:
             return None
         audience_runs = runs_per_four_weeks(audience.schedule)
         if audience_runs is not None and sync_runs <= audience_runs:
@@ -372,12 +430,22 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                 f"Consider schedule: {ON_AUDIENCE_UPDATE}.")
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        spec, audience, destination = self.spec(context)
-        entity = audience.resolve(context)
-        relations = [(entity.relation(name), cols) for name, cols in wanted(
-            [c for c in spec.fields.values() if c not in entity.columns]).items()]
-        warehouse_key = find(context, Warehouse, entity.warehouse, owner=f"entity '{entity.name}'",
-                             key="warehouse").resource_key if relations else None
+        spec, audience, destination, entity = self.spec(context)
+        of_entity = sorted(a.name for a in context.component_tree.get_all_components(of_type=Audience)
+                           if a.entity == entity.name)
+        warehouse = find(context, Warehouse, entity.warehouse, owner=f"entity '{entity.name}'", key="warehouse")
+        source = MembershipSource(
+            sync=spec.name, audience=audience.name if audience else None, entity=entity.name,
+            query=None if audience else f"SELECT {', '.join(entity.columns)} FROM {entity.table}",
+            key_column=entity.key, columns=entity.columns,
+            relations=[(entity.relation(name), cols) for name, cols in wanted(
+                [c for c in spec.fields.values() if c not in entity.columns]).items()],
+            segment_audiences=of_entity if SEGMENTS_COLUMN in spec.fields.values() else [],
+            warehouse_key=warehouse.resource_key)
+        # An entity sync, or one mapping the audiences each record is in, follows every audience of the entity.
+        upstream = [audience.name] if audience else []
+        upstream += [a for a in (of_entity if (audience is None or source.segment_audiences) else [])
+                     if a not in upstream]
         configured = destination.configured(context)
         warning = self.schedule_warning(context, audience)
         if warning:
@@ -394,7 +462,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
 
         def _run(context: dg.AssetExecutionContext, storage: AudienceStorage, config: SyncRunConfig,
                  full: bool) -> SyncResult:
-            members = _membership(context, storage, spec, relations, warehouse_key)
+            members = source.read(context, storage)
             store = storage.snapshot_store(spec.name)
             context.log.info(f"sync '{spec.name}': {members.num_rows:,} members, "
                              f"{RUN_KIND_TEXT[planned_run_kind(store, full)]}")
@@ -411,10 +479,10 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
                 target.close()
 
         @dg.asset(
-            key=key, deps=[audience_key(audience.name)], group_name="syncs",
+            key=key, deps=[audience_key(a) for a in upstream], group_name="syncs",
             kinds={configured.type.kind_tag},
             description=self.describe(spec, destination, warning),
-            required_resource_keys={"audience_storage", dest_key, *([warehouse_key] if warehouse_key else [])},
+            required_resource_keys={"audience_storage", dest_key, *source.resource_keys},
             check_specs=[
                 dg.AssetCheckSpec(FAILURE_RATE_CHECK, asset=key,
                                   description=f"Rows failed / rows sent at most {max_failure_rate:.0%}"),
@@ -428,7 +496,8 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             tags={"audience/destination": destination.name},
             pool=pool,
             automation_condition=dg.AutomationCondition.eager() if self.schedule == ON_AUDIENCE_UPDATE else None,
-            metadata={"audience": audience.name, "destination": destination.name,
+            metadata={**({"audience": audience.name} if audience else {"entity": entity.name}),
+                      "destination": destination.name,
                       "destination_type": destination.type, "sync_mode": spec.mode,
                       **({"schedule_warning": warning} if warning else {})},
         )
@@ -487,12 +556,12 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             )
 
         @dg.op(name=preview_op_name(self.name), pool=pool,
-               required_resource_keys={"audience_storage", dest_key, *([warehouse_key] if warehouse_key else [])},
+               required_resource_keys={"audience_storage", dest_key, *source.resource_keys},
                description=f"Preview sync '{self.name}': what its next run would send, nothing sent (or, with "
                            "test_keys / test_first, a test sync of a few members)")
         def _preview(context: dg.OpExecutionContext, config: PreviewConfig) -> str:
             storage: AudienceStorage = context.resources.audience_storage
-            members = _membership(context, storage, spec, relations, warehouse_key)
+            members = source.read(context, storage)
             store = storage.snapshot_store(spec.name)
             target = getattr(context.resources, dest_key).open(storage.root)
             options = RunOptions(run_id=context.run.run_id, full_resync=config.full_resync,
