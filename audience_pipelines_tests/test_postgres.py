@@ -156,3 +156,29 @@ def test_entity_in_a_schema_off_the_search_path_reads_with_a_qualified_table(pg_
         assert metadata(result, SYNC)["rows_added"] == len(expected)
     finally:
         engine.dispose()
+
+
+def test_preview_and_test_sync_on_postgres(pg_project, home, capsys):
+    from audience_pipelines.cli import main as cli
+
+    engine = pg_project
+    with dg.DagsterInstance.get() as instance:  # the instance the CLI runs its preview job on
+        materialize(load_defs(), AUDIENCE, SYNC, instance=instance)
+    held = sql_set(engine, HELD)
+    leaving = sorted(held)[:4]
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE customers SET lifetime_value = 10 WHERE customer_id = ANY(:ids)"),
+                     {"ids": leaving})
+    with dg.DagsterInstance.get() as instance:
+        materialize(load_defs(), AUDIENCE, instance=instance)
+    capsys.readouterr()
+    assert cli(["preview", "high_value_to_crm"]) == 0
+    out = capsys.readouterr().out
+    assert f"remove 4, update 0, add 0, unchanged {len(held) - 4:,}" in out
+    assert sql_set(engine, HELD) == held  # nothing sent
+    one = sorted(held)[10]
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM audience_members WHERE key = :k"), {"k": one})
+    assert cli(["test-sync", "high_value_to_crm", "--key", one]) == 0
+    assert f"  {one}: resent (unchanged)" in capsys.readouterr().out
+    assert sql_set(engine, HELD) == held  # back, and the leavers were not removed by the test
