@@ -243,7 +243,6 @@ def cmd_test_sync(args) -> int:
 def _paused_in_instance(definitions) -> Callable[[str], bool]:
     """Whether a sync's schedule or automation sensor is stopped, as the Dagster instance records it."""
     import dagster as dg
-    from dagster._core.scheduler.instigation import InstigatorStatus
 
     from audience_pipelines.components.sync import automation_sensor_name, schedule_name
     from audience_pipelines.project import DAGSTER_HOME_ENV, dagster_home
@@ -252,15 +251,15 @@ def _paused_in_instance(definitions) -> Callable[[str], bool]:
     triggers = {**{s.name: s for s in repo.schedule_defs}, **{s.name: s for s in repo.sensor_defs}}
     os.environ.setdefault(DAGSTER_HOME_ENV, str(dagster_home()))
     with dg.DagsterInstance.get() as instance:
-        stored = {s.instigator_name: s.status for s in instance.all_instigator_state()}
+        stored = {s.instigator_name: s.status.value for s in instance.all_instigator_state()}
 
     def paused(sync: str) -> bool:
         name = next((n for n in (schedule_name(sync), automation_sensor_name(sync)) if n in triggers), None)
         if name is None:
             return False  # a manual sync: nothing starts it, nothing to pause
-        status = stored.get(name)
-        if status in (InstigatorStatus.RUNNING, InstigatorStatus.STOPPED):
-            return status == InstigatorStatus.STOPPED
+        status = stored.get(name)  # RUNNING or STOPPED once toggled; else the definition's default applies
+        if status in ("RUNNING", "STOPPED"):
+            return status == "STOPPED"
         return triggers[name].default_status.value != "RUNNING"
 
     return paused

@@ -136,12 +136,10 @@ def choose_test_members(spec: SyncSpec, members: pa.Table, destination: Destinat
     """The keys a test sync sends: those asked for (each must be a member), else the first `first` rows the
     preview would add or update."""
     if keys:
-        present = set(pc.is_in(pa.array(keys, pa.string()), value_set=members[KEY].cast(pa.string()))
-                      .to_pylist())
-        if present != {True}:
-            known = set(members[KEY].cast(pa.string()).filter(
-                pc.is_in(members[KEY].cast(pa.string()), value_set=pa.array(keys, pa.string()))).to_pylist())
-            missing = [k for k in keys if k not in known]
+        member_keys = members[KEY].cast(pa.string())
+        known = set(member_keys.filter(pc.is_in(member_keys, value_set=pa.array(keys, pa.string()))).to_pylist())
+        missing = [k for k in keys if k not in known]
+        if missing:
             raise ConfigError(f"sync '{spec.name}': test sync: {len(missing)} key(s) are not members of audience "
                               f"'{spec.audience}' ({members.num_rows:,} members): {missing[:10]}")
         chosen = list(dict.fromkeys(keys))
