@@ -10,6 +10,7 @@ import dagster as dg
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+import sqlalchemy as sa
 import yaml
 from dagster.components.testing import create_defs_folder_sandbox
 
@@ -128,3 +129,29 @@ def test_the_cli_writes_from_an_active_template_and_says_what_it_copied(project,
     assert ("sync 'churn_copy' also writes destination 'crm_table' audience name 'churn_risk'"
             in capsys.readouterr().err)
     assert file.read_text() == before
+
+
+@pytest.mark.postgres
+def test_a_quick_sync_runs_from_a_postgres_warehouse_to_a_postgres_table(project, home, pg_schema, monkeypatch,
+                                                                        tmp_path):
+    folder, load = project
+    url, _ = pg_schema
+    source = create_demo_warehouse(tmp_path / "src.duckdb", rows=1_500)
+    with duckdb.connect(str(source), read_only=True) as con:
+        customers = con.sql("SELECT * FROM customers").to_arrow_table()
+    engine = sa.create_engine(url)
+    customers.to_pandas().to_sql("customers", engine, index=False)
+    monkeypatch.setenv("AUDIENCE_PIPELINES_WAREHOUSE_URL", url)
+    monkeypatch.setenv("AUDIENCE_PIPELINES_CRM_URL", url)
+    plan = quick_sync.plan_quick_sync("newsletter_subscribers", "crm_table", lambda s: s != "high_value_to_crm",
+                                      defs=folder)
+    quick_sync.write_quick_sync(plan, load)
+    result = materialize(load(), "audiences/newsletter_subscribers", "syncs/newsletter_subscribers_to_crm_table",
+                         instance=dg.DagsterInstance.ephemeral())
+    members = pq.read_table(AudienceStorage().membership_path("newsletter_subscribers"))
+    with engine.connect() as conn:
+        sent = conn.execute(sa.text("SELECT key, plan FROM audience_members WHERE audience = 'newsletter_subscribers' "
+                                    "ORDER BY 1")).fetchall()
+    engine.dispose()
+    assert result.success and [tuple(r) for r in sent] == sorted(
+        zip(members["customer_id"].to_pylist(), members["plan"].to_pylist())) and len(sent) > 500
