@@ -148,3 +148,16 @@ def test_test_sync_is_not_available_where_audiences_cannot_be_listed(tmp_path):
         with pytest.raises(ConfigError, match="test sync is not available for destination type 'braze'"):
             run_test_sync(spec(braze), members(M1), braze.destination(), store, RunOptions(run_id="t"), keys=["k1"])
         assert braze.fake.requests == [] and not Path(store.dir / "manifest.json").exists()
+
+
+def test_a_test_sync_reports_a_member_skipped_for_want_of_a_profile(hubspot, tmp_path):
+    store = SnapshotStore(tmp_path / "syncs", "s")
+    first_run(hubspot, store)
+    dest = hubspot.destination()
+    result = run_test_sync(spec(hubspot, create_profiles=False), members(M2), dest, store, RunOptions(run_id="t"),
+                           keys=["k20", "k5"])
+    dest.close()
+    assert result.outcomes["k5"] == "resent (unchanged)"
+    assert result.outcomes["k20"].startswith("skipped: ") and "user20@example.com" not in {
+        e for e, _ in hubspot.state().values()}
+    assert hubspot.fake.contact_by_email("user20@example.com") is None  # no profile was created
