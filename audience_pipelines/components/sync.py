@@ -380,9 +380,8 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             segment_audiences=of_entity if SEGMENTS_COLUMN in spec.fields.values() else [],
             warehouse_key=warehouse.resource_key)
         # An entity sync, or one mapping the audiences each record is in, follows every audience of the entity.
-        upstream = [audience.name] if audience else []
-        upstream += [a for a in (of_entity if (audience is None or source.segment_audiences) else [])
-                     if a not in upstream]
+        follows_all = audience is None or bool(source.segment_audiences)
+        upstream = sorted({*(of_entity if follows_all else []), *([audience.name] if audience else [])})
         configured = destination.configured(context)
         warning = self.schedule_warning(context, audience)
         if warning:
