@@ -7,8 +7,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
+import duckdb
+import sqlalchemy as sa
 from dagster.components.testing import create_defs_folder_sandbox
 
+from audience_pipelines.demo import create_demo_warehouse
 from audience_pipelines.resources import AudienceStorage
 
 DEFS = Path(__file__).parents[1] / "audience_pipelines" / "defs"
@@ -44,3 +47,17 @@ def metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
     mats = result.asset_materializations_for_node(key.replace("/", "__"))
     assert mats, f"no materialization for {key}"
     return {k: v.value for k, v in mats[-1].metadata.items()}
+
+
+def demo_in_postgres(url: str, tmp_path: Path, rows: int, prepare=None, tables=("customers",)) -> sa.Engine:
+    """The demo warehouse's `tables` copied into the PostgreSQL schema of `url` (after `prepare(duckdb
+    connection)`, if given); returns an engine on it."""
+    source = create_demo_warehouse(tmp_path / "src.duckdb", rows=rows)
+    with duckdb.connect(str(source)) as con:
+        if prepare:
+            prepare(con)
+        copies = {t: con.sql(f"SELECT * FROM {t}").to_arrow_table() for t in tables}
+    engine = sa.create_engine(url)
+    for table, data in copies.items():
+        data.to_pandas().to_sql(table, engine, index=False)
+    return engine

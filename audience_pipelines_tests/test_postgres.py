@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from audience_pipelines.definitions import defs as load_defs
 from audience_pipelines.demo import create_demo_warehouse
-from audience_pipelines_tests.dagster_helpers import materialize, metadata, project_defs
+from audience_pipelines_tests.dagster_helpers import demo_in_postgres, materialize, metadata, project_defs
 
 # Without a server these fail under CI=true and are skipped otherwise (the pg_url fixture).
 pytestmark = pytest.mark.postgres
@@ -26,12 +26,7 @@ SYNC = "syncs/high_value_to_crm"
 def pg_project(home, pg_schema, monkeypatch, tmp_path):
     """Demo customers copied into a PostgreSQL schema that is both warehouse and CRM."""
     url, schema = pg_schema
-    source = create_demo_warehouse(tmp_path / "src.duckdb", rows=3000)
-    con = duckdb.connect(str(source), read_only=True)
-    customers = con.sql("SELECT * FROM customers").to_arrow_table()
-    con.close()
-    engine = sa.create_engine(url)
-    customers.to_pandas().to_sql("customers", engine, index=False)
+    engine = demo_in_postgres(url, tmp_path, rows=3000)
     monkeypatch.setenv("AUDIENCE_PIPELINES_WAREHOUSE_URL", url)
     monkeypatch.setenv("AUDIENCE_PIPELINES_CRM_URL", url)
     yield engine

@@ -20,7 +20,7 @@ from audience_pipelines.components.load_errors import first_user_error
 from audience_pipelines.demo import create_demo_warehouse
 from audience_pipelines.engine import ConfigError
 from audience_pipelines.resources import AudienceStorage
-from audience_pipelines_tests.dagster_helpers import DEFS, materialize, metadata
+from audience_pipelines_tests.dagster_helpers import DEFS, demo_in_postgres, materialize, metadata
 
 ACTIVE = staticmethod(lambda sync: False)
 
@@ -136,11 +136,7 @@ def test_a_quick_sync_runs_from_a_postgres_warehouse_to_a_postgres_table(project
                                                                         tmp_path):
     folder, load = project
     url, _ = pg_schema
-    source = create_demo_warehouse(tmp_path / "src.duckdb", rows=1_500)
-    with duckdb.connect(str(source), read_only=True) as con:
-        customers = con.sql("SELECT * FROM customers").to_arrow_table()
-    engine = sa.create_engine(url)
-    customers.to_pandas().to_sql("customers", engine, index=False)
+    engine = demo_in_postgres(url, tmp_path, rows=1_500)
     monkeypatch.setenv("AUDIENCE_PIPELINES_WAREHOUSE_URL", url)
     monkeypatch.setenv("AUDIENCE_PIPELINES_CRM_URL", url)
     plan = quick_sync.plan_quick_sync("newsletter_subscribers", "crm_table", lambda s: s != "high_value_to_crm",

@@ -9,11 +9,10 @@ import dagster as dg
 import duckdb
 import pyarrow.csv as pacsv
 import pytest
-import sqlalchemy as sa
 
 from audience_pipelines.demo import create_demo_warehouse
 from audience_pipelines.components.load_errors import first_user_error
-from audience_pipelines_tests.dagster_helpers import materialize, metadata, project_defs
+from audience_pipelines_tests.dagster_helpers import demo_in_postgres, materialize, metadata, project_defs
 
 SYNC = "syncs/accounts_to_files"
 YAML = """
@@ -134,15 +133,9 @@ def test_a_field_naming_an_undeclared_relation_fails_when_definitions_load(wareh
 @pytest.mark.postgres
 def test_related_fields_from_postgres(home, pg_schema, monkeypatch, tmp_path):
     url, _ = pg_schema
-    source = create_demo_warehouse(tmp_path / "src.duckdb", rows=1_500)
-    with duckdb.connect(str(source)) as con:
-        add_companies(con)
-        customers = con.sql("SELECT * FROM customers").to_arrow_table()
-        companies = con.sql("SELECT * FROM companies").to_arrow_table()
-        want = expected(con)
-    engine = sa.create_engine(url)
-    customers.to_pandas().to_sql("customers", engine, index=False)
-    companies.to_pandas().to_sql("companies", engine, index=False)
+    want = {}
+    engine = demo_in_postgres(url, tmp_path, rows=1_500, tables=("customers", "companies"),
+                              prepare=lambda con: (add_companies(con), want.update(expected(con))))
     monkeypatch.setenv("AUDIENCE_PIPELINES_WAREHOUSE_URL", url)
     with project_defs(extra={"related/defs.yaml": YAML}) as defs:
         result = materialize(defs, "audiences/business_accounts", SYNC, instance=dg.DagsterInstance.ephemeral())

@@ -14,7 +14,7 @@ from audience_pipelines.components.load_errors import first_user_error
 from audience_pipelines.demo import create_demo_warehouse
 from audience_pipelines.engine.segments import segment_membership
 from audience_pipelines.resources import AudienceStorage
-from audience_pipelines_tests.dagster_helpers import materialize, metadata, project_defs
+from audience_pipelines_tests.dagster_helpers import demo_in_postgres, materialize, metadata, project_defs
 
 SYNC = "syncs/customer_segments"
 AUDIENCES = ["churn_risk", "high_value_customers", "newsletter_subscribers"]
@@ -97,11 +97,7 @@ def test_an_entity_sync_names_exactly_one_source(home):
 @pytest.mark.postgres
 def test_segment_membership_from_a_postgres_warehouse_to_a_postgres_table(home, pg_schema, monkeypatch, tmp_path):
     url, _ = pg_schema
-    source = create_demo_warehouse(tmp_path / "src.duckdb", rows=1_500)
-    with duckdb.connect(str(source), read_only=True) as con:
-        customers = con.sql("SELECT * FROM customers").to_arrow_table()
-    engine = sa.create_engine(url)
-    customers.to_pandas().to_sql("customers", engine, index=False)
+    engine = demo_in_postgres(url, tmp_path, rows=1_500)
     monkeypatch.setenv("AUDIENCE_PIPELINES_WAREHOUSE_URL", url)
     yaml = YAML.replace('settings: {url: "duckdb:///{data_dir}/segments.duckdb", table: customer_segments}',
                         "settings: {table: customer_segments}\n  from_env: {url: SEGMENTS_URL}")
