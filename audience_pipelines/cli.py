@@ -14,18 +14,7 @@ from audience_pipelines.engine import AudiencePipelinesError
 from audience_pipelines.engine.history import COUNTS
 from audience_pipelines.project import HOME_ENV, find_state_root
 from audience_pipelines.resources import AudienceStorage, open_history
-from audience_pipelines.webserver import URL_ENV, LocationState, Webserver, first_line
-
-
-def _trigger(state: LocationState, sync: str) -> tuple[str, str] | None:
-    """What starts a sync's runs by itself: ("schedule" | "sensor", its name), or None for a manual sync."""
-    from audience_pipelines.components.sync import automation_sensor_name, schedule_name
-
-    if schedule_name(sync) in state.schedules:
-        return "schedule", schedule_name(sync)
-    if automation_sensor_name(sync) in state.sensors:
-        return "sensor", automation_sensor_name(sync)
-    return None
+from audience_pipelines.webserver import URL_ENV, Webserver, first_line
 
 
 def cmd_resend(args) -> int:
@@ -75,29 +64,19 @@ def cmd_resume(args) -> int:
 
 
 def _pause_or_resume(args, pause: bool) -> int:
-    web = Webserver(args.url)
-    state = web.location()
-    state.require_syncs([args.sync])
-    trigger = _trigger(state, args.sync)
-    if trigger is None:
+    done = Webserver(args.url).set_paused(args.sync, pause)
+    if done.kind is None:
         print(f"sync '{args.sync}' has schedule: manual: it runs only when someone launches it, so there is "
               "nothing to " + ("pause" if pause else "resume"))
         return 0
-    kind, name = trigger
-    current = (state.schedules if kind == "schedule" else state.sensors)[name]
-    wanted = "STOPPED" if pause else "RUNNING"
-    if current["status"] == wanted:
-        print(f"sync '{args.sync}' is already {'paused' if pause else 'running'} ({kind} {name} {wanted.lower()})")
-        return 0
-    if kind == "schedule":
-        status = web.stop_schedule(name) if pause else web.start_schedule(name)
+    what = f"{done.kind} {done.trigger} {done.status.lower()}"
+    if not done.changed:
+        print(f"sync '{args.sync}' is already {'paused' if pause else 'running'} ({what})")
+    elif pause:
+        print(f"sync '{args.sync}': paused ({what}); the first run after resuming sends everything that changed "
+              "meanwhile")
     else:
-        status = web.stop_sensor(current["id"], name) if pause else web.start_sensor(name)
-    if pause:
-        print(f"sync '{args.sync}': paused ({kind} {name} {status.lower()}); the first run after resuming "
-              "sends everything that changed meanwhile")
-    else:
-        print(f"sync '{args.sync}': resumed ({kind} {name} {status.lower()})")
+        print(f"sync '{args.sync}': resumed ({what})")
     return 0
 
 
@@ -242,27 +221,10 @@ def cmd_test_sync(args) -> int:
 
 def _paused_in_instance(definitions) -> Callable[[str], bool]:
     """Whether a sync's schedule or automation sensor is stopped, as the Dagster instance records it."""
-    import dagster as dg
+    from audience_pipelines.instance_state import InstanceState, open_instance
 
-    from audience_pipelines.components.sync import automation_sensor_name, schedule_name
-    from audience_pipelines.project import DAGSTER_HOME_ENV, dagster_home
-
-    repo = definitions.get_repository_def()
-    triggers = {**{s.name: s for s in repo.schedule_defs}, **{s.name: s for s in repo.sensor_defs}}
-    os.environ.setdefault(DAGSTER_HOME_ENV, str(dagster_home()))
-    with dg.DagsterInstance.get() as instance:
-        stored = {s.instigator_name: s.status.value for s in instance.all_instigator_state()}
-
-    def paused(sync: str) -> bool:
-        name = next((n for n in (schedule_name(sync), automation_sensor_name(sync)) if n in triggers), None)
-        if name is None:
-            return False  # a manual sync: nothing starts it, nothing to pause
-        status = stored.get(name)  # RUNNING or STOPPED once toggled; else the definition's default applies
-        if status in ("RUNNING", "STOPPED"):
-            return status == "STOPPED"
-        return triggers[name].default_status.value != "RUNNING"
-
-    return paused
+    with open_instance() as instance:
+        return InstanceState(instance, definitions).paused
 
 
 def cmd_quick_sync(args) -> int:
@@ -306,6 +268,21 @@ def _load_definitions():
         return defs()
     except Exception as exc:  # noqa: BLE001 - report the YAML mistake, not a traceback
         raise AudiencePipelinesError(f"the definitions failed to load: {first_line(str(exc))}") from exc
+
+
+def cmd_api(args) -> int:
+    from audience_pipelines.api.serve import serve
+
+    return serve(args.host, args.port, dagster_url=args.url, tokens_file=args.tokens_file)
+
+
+def cmd_api_token(args) -> int:
+    from audience_pipelines.api.auth import TOKENS_FILE_ENV, hash_token, new_token
+
+    token = new_token()
+    print(f"token (give it to the client; it is not stored): {token}")
+    print(f"line for the tokens file (${TOKENS_FILE_ENV} or --tokens-file): {hash_token(token)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,6 +342,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to", required=True, metavar="DESTINATION", help="a destination declared in YAML")
     p.add_argument("--name", help="the new sync's name (default <audience>_to_<destination>)")
     p.set_defaults(fn=cmd_quick_sync)
+
+    p = sub.add_parser("api", help="serve the REST API for audience syncs (uvicorn)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other "
+                                                         "needs tokens)")
+    p.add_argument("--port", type=int, default=8088)
+    p.add_argument("--url", help=url_help)
+    p.add_argument("--tokens-file", help="a file of token hashes, one `sha256:<hex>` a line")
+    p.set_defaults(fn=cmd_api)
+
+    p = sub.add_parser("api-token", help="make an API token and the hash line for a tokens file")
+    p.set_defaults(fn=cmd_api_token)
 
     args = parser.parse_args(argv)
     try:

@@ -98,6 +98,31 @@ mutation($id: String!) {
 }"""
 
 
+RELOAD_LOCATION = """
+mutation($name: String!) {
+  reloadRepositoryLocation(repositoryLocationName: $name) {
+    __typename
+    ... on WorkspaceLocationEntry { loadStatus locationOrLoadError {
+      __typename ... on PythonError { message errorChain { error { message } } } } }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+    ... on ReloadNotSupported { message }
+    ... on RepositoryLocationNotFound { message }
+  }
+}"""
+LAUNCH_RUN = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on InvalidSubsetError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+
+
 class WebserverError(AudiencePipelinesError):
     pass
 
@@ -115,6 +140,17 @@ class LocationState:
         if unknown:
             raise WebserverError(f"no sync named {', '.join(repr(n) for n in unknown)} in code location "
                                  f"'{LOCATION}' (known: {', '.join(self.syncs) or 'none'})")
+
+
+@dataclass(frozen=True)
+class Paused:
+    """What pausing or resuming a sync did: its trigger (None for a manual sync) and that trigger's status."""
+
+    sync: str
+    kind: str | None  # schedule | sensor
+    trigger: str | None
+    status: str | None  # RUNNING | STOPPED
+    changed: bool
 
 
 def first_line(message: str) -> str:
@@ -177,6 +213,60 @@ class Webserver:
         if result["__typename"] != "LaunchBackfillSuccess":
             raise WebserverError(f"the backfill was not launched: {result.get('message') or result}")
         return result["backfillId"]
+
+    def reload_location(self) -> None:
+        """Reload the code location from disk, as the UI's Reload button does; raises with its load error."""
+        result = self.query(RELOAD_LOCATION, {"name": LOCATION})["reloadRepositoryLocation"]
+        if result["__typename"] != "WorkspaceLocationEntry":
+            raise WebserverError(f"code location '{LOCATION}' was not reloaded: {result.get('message') or result}")
+        error = result.get("locationOrLoadError") or {}
+        if error.get("__typename") == "PythonError":
+            root = ([e["error"]["message"] for e in error.get("errorChain") or []] or [error["message"]])[-1]
+            raise WebserverError(f"code location '{LOCATION}' failed to load: {first_line(root)}")
+
+    def launch_sync(self, sync: str, full_resync: bool = False, tags: dict[str, str] | None = None) -> str:
+        """A run of one sync, queued like a launch from the UI; its run id."""
+        from audience_pipelines.components.sync import sync_key
+
+        key = sync_key(sync)
+        run_config = {"ops": {key.to_python_identifier(): {"config": {"full_resync": True}}}} if full_resync else {}
+        params = {
+            "selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY,
+                         "jobName": "__ASSET_JOB", "assetSelection": [{"path": list(key.path)}]},
+            "runConfigData": run_config,
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]},
+        }
+        result = self.query(LAUNCH_RUN, {"params": params})["launchRun"]
+        if result["__typename"] != "LaunchRunSuccess":
+            errors = "; ".join(e["message"] for e in result.get("errors") or [])
+            raise WebserverError(f"sync '{sync}': the run was not launched: "
+                                 f"{errors or result.get('message') or result['__typename']}")
+        return result["run"]["runId"]
+
+    def run_page(self, run_id: str) -> str:
+        return f"{self.url}/runs/{run_id}"
+
+    def set_paused(self, sync: str, pause: bool, state: LocationState | None = None) -> Paused:
+        """Stop (pause) or start a sync's schedule or automation sensor, the UI's toggle."""
+        from audience_pipelines.components.sync import automation_sensor_name, schedule_name
+
+        state = state or self.location()
+        state.require_syncs([sync])
+        if schedule_name(sync) in state.schedules:
+            kind, name = "schedule", schedule_name(sync)
+        elif automation_sensor_name(sync) in state.sensors:
+            kind, name = "sensor", automation_sensor_name(sync)
+        else:
+            return Paused(sync, None, None, None, changed=False)
+        current = (state.schedules if kind == "schedule" else state.sensors)[name]
+        wanted = "STOPPED" if pause else "RUNNING"
+        if current["status"] == wanted:
+            return Paused(sync, kind, name, wanted, changed=False)
+        if kind == "schedule":
+            status = self.stop_schedule(name) if pause else self.start_schedule(name)
+        else:
+            status = self.stop_sensor(current["id"], name) if pause else self.start_sensor(name)
+        return Paused(sync, kind, name, status, changed=True)
 
     def backfill_page(self, backfill_id: str) -> str:
         return f"{self.url}/runs/b/{backfill_id}"

@@ -83,6 +83,14 @@ def runs_per_four_weeks(choice: ScheduleChoice) -> int | None:
     return count
 
 
+def next_tick(cron: str, timezone: str, after: dt.datetime) -> dt.datetime:
+    """The first tick of a cron schedule after `after`, as Dagster's scheduler counts them."""
+    for tick in cron_string_iterator(after.timestamp(), cron, timezone):
+        if tick.timestamp() > after.timestamp():
+            return tick
+    raise ValueError(f"cron '{cron}' has no tick after {after}")  # not reached: the iterator is endless
+
+
 def build_schedule(name: str, choice: ScheduleChoice, key: dg.AssetKey, owner: str,
                    running: bool = False) -> list[dg.ScheduleDefinition]:
     cron = cron_of(choice, owner, allow_automation=True)

@@ -95,14 +95,26 @@ class RunHistory:
             conn.execute(sa.insert(runs), [values])
         return RunRecord(**{**rec.__dict__, "attempt": values["attempt"]})
 
-    def list(self, sync: str | None = None, limit: int = 20) -> list[RunRecord]:
-        q = sa.select(runs).order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(limit)
+    def list(self, sync: str | None = None, limit: int = 20, offset: int = 0,
+             statuses: tuple[str, ...] | None = None) -> list[RunRecord]:
+        """Newest first."""
+        q = sa.select(runs).order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(limit).offset(offset)
         if sync:
             q = q.where(runs.c.sync == sync)
+        if statuses:
+            q = q.where(runs.c.status.in_(statuses))
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
         return [RunRecord(**{k: v for k, v in r.items() if k != "id"}
                           | {"errors_sample": json.loads(r["errors_sample"] or "[]")}) for r in rows]
+
+    def count(self, sync: str) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(runs).where(runs.c.sync == sync)).scalar()
+
+    def latest(self, sync: str, statuses: tuple[str, ...] | None = None) -> RunRecord | None:
+        found = self.list(sync, limit=1, statuses=statuses)
+        return found[0] if found else None
 
     def close(self) -> None:
         self.engine.dispose()
