@@ -32,7 +32,8 @@ def serve(host: str, port: int, dagster_url: str | None = None, tokens_file: str
                           "`audience-pipelines api-token`), or listen on 127.0.0.1")
     web = Webserver(dagster_url)
     app = create_app(webserver=web, tokens=tokens)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("audience_pipelines").setLevel(logging.INFO)
     auth = "bearer tokens required" if tokens.configured else "no tokens configured: open to this machine only"
     print(f"audience_pipelines API on http://{host}:{port}/api/v1 ({auth}); Dagster webserver {web.url}; "
           f"OpenAPI at /api/v1/openapi.json", file=sys.stderr, flush=True)
