@@ -282,14 +282,14 @@ class SyncService:
         return {"sync": self.get_sync(name), "code_location": location, "warnings": notes}
 
     def update(self, name: str, body: dict, if_match: str | None) -> dict:
-        if body.get("name", name) != name:
-            raise ApiError(422, "invalid_sync", f"sync '{name}': 'name' cannot change (its snapshot of what the "
-                                                "destination holds is kept under its name); create a sync under the "
-                                                "new name and delete this one", key="name")
-        body = {"name": name, **{k: v for k, v in body.items() if k != "name"}}
         with self._write:
             loaded = self.loaded()
             doc = self._editable(loaded, name, if_match)
+            if body.get("name", name) != name:
+                raise ApiError(422, "invalid_sync", f"sync '{name}': 'name' cannot change (its snapshot of what the "
+                                                    "destination holds is kept under its name); create a sync under "
+                                                    "the new name and delete this one", key="name")
+            body = {"name": name, **{k: v for k, v in body.items() if k != "name"}}
             self._not_running(loaded, name, "change it")
             changes = self.project.files.replaced(doc, body)
             notes = self._check(changes)
