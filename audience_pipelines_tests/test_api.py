@@ -369,3 +369,53 @@ def test_the_server_will_not_listen_beyond_loopback_without_tokens(monkeypatch):
     for host in ("0.0.0.0", "10.1.2.3", "api.example.com"):
         with pytest.raises(ConfigError, match=f"refusing to listen on {host} without tokens"):
             serve(host, 8088)
+
+
+def test_two_writers_with_the_same_version_one_wins_and_one_is_told(project):
+    client, defs = project["client"], project["defs"]
+    version = etag(client, "newsletter_export")
+    base = syncs_yaml(defs)[2]
+    bodies = [base | {"schedule": "weekly"}, base | {"schedule": "hourly"}]
+    results: list[httpx.Response] = []
+
+    def put(body):
+        results.append(client.put(f"{SYNCS}/newsletter_export", json=body, headers={"if-match": version}))
+
+    threads = [threading.Thread(target=put, args=(b,)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.status_code for r in results) == [200, 412]
+    winner = next(r for r in results if r.status_code == 200).json()["sync"]["config"]
+    assert syncs_yaml(defs)[2] == winner and winner["schedule"] in ("weekly", "hourly")
+
+
+def test_documents_are_edited_one_at_a_time(tmp_path):
+    from audience_pipelines.api.documents import SyncFiles
+
+    folder = tmp_path / "defs"
+    (folder / "syncs").mkdir(parents=True)
+    text = ("# syncs of the CRM team\ntype: audience_pipelines.components.AudienceSync\nattributes:\n"
+            "  name: a  # first\n  audience: x\n---\n# b is paused\ntype: audience_pipelines.components.AudienceSync\n"
+            "attributes: {name: b, audience: y}\n---\ntype: audience_pipelines.components.Audience\n"
+            "attributes: {name: x}\n")
+    (folder / "syncs" / "defs.yaml").write_text(text)
+    files = SyncFiles(folder)
+    assert [(d.name, d.document) for d in files.all()] == [("a", 1), ("b", 2)]
+    # Replacing the first document keeps the others byte for byte.
+    changed = files.replaced(files.find("a"), {"name": "a", "audience": "z"})[Path("syncs/defs.yaml")]
+    assert changed.endswith(text[text.index("---\n# b is paused"):])
+    assert [d for d in yaml.safe_load_all(changed)][0]["attributes"] == {"name": "a", "audience": "z"}
+    removed = files.removed(files.find("b"))[Path("syncs/defs.yaml")]
+    assert removed == text.replace("---\n# b is paused\ntype: audience_pipelines.components.AudienceSync\n"
+                                   "attributes: {name: b, audience: y}\n", "")
+    files.write({Path("syncs/defs.yaml"): removed})
+    assert [d.name for d in files.all()] == ["a"] and not list(folder.rglob("*.tmp"))
+    # A document on its separator's line, and an explicit end marker, are cut where YAML cuts them.
+    odd = folder / "syncs" / "odd.yaml"
+    odd.write_text("--- {type: audience_pipelines.components.AudienceSync, attributes: {name: c}}\n"
+                   "--- !!str x\n...\n")
+    changed = files.replaced(files.find("c"), {"name": "c", "audience": "x"})[Path("syncs/odd.yaml")]
+    assert list(yaml.safe_load_all(changed)) == [
+        {"type": "audience_pipelines.components.AudienceSync", "attributes": {"name": "c", "audience": "x"}}, "x"]
