@@ -1,5 +1,5 @@
-"""`audience-pipelines`: resend, runs, pause/resume, forget, preview and test sync, destinations and audiences,
-next to the Dagster UI."""
+"""`audience-pipelines`: resend, runs, pause/resume, forget, preview and test sync, quick sync, destinations and
+audiences, and the REST API (`api`), next to the Dagster UI."""
 
 from __future__ import annotations
 
