@@ -145,7 +145,7 @@ def test_create_appends_a_document_that_loads_like_any_other(project):
     assert syncs_yaml(defs)[-1] == VIP
     sync = client.get(f"{SYNCS}/vip_to_crm").json()
     assert sync["config"] == VIP and sync["defined_in"] == {"file": "defs/syncs/defs.yaml", "document": 4}
-    assert sync["destination_type"] == "sql_table" and sync["mode"] == "mirror"
+    assert sync["destination_type"] == "sql_table" and sync["mode"] == "mirror" and sync["entity"] == "customers"
     # The folder as written loads through Dagster's own loader, with the new sync's asset.
     with project_defs(extra={"syncs/defs.yaml": after}) as definitions:
         assert definitions.resolve_assets_def(sync_key("vip_to_crm")) is not None

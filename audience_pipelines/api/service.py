@@ -131,7 +131,7 @@ class SyncService:
         synced = self.history().latest(name, statuses=("success", "partial_failure"))
         return {
             "id": name, "name": name, "config": config,
-            "audience": meta.get("audience"), "entity": meta.get("entity"),
+            "audience": meta.get("audience"), "entity": meta.get("entity") or self._entity_of(loaded, meta),
             "destination": meta.get("destination"), "destination_type": meta.get("destination_type"),
             "mode": meta.get("sync_mode"), "defined_in": declared, "editable": doc is not None,
             "version": version_of(config),
@@ -143,6 +143,11 @@ class SyncService:
             "next_scheduled_run": _iso(state.next_run(name)),
             "dagster_url": f"{self.webserver.url}/assets/syncs/{name}",
         }
+
+    @staticmethod
+    def _entity_of(loaded: Loaded, sync_metadata: dict) -> str | None:
+        audience = loaded.group("audiences").get(sync_metadata.get("audience"))
+        return audience.metadata.get("entity") if audience is not None else None
 
     def list_syncs(self, audience: str | None, destination: str | None, status: str | None,
                    limit: int, offset: int) -> dict:
