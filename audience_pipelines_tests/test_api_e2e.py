@@ -11,7 +11,6 @@ import datetime as dt
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import yaml
 from dagster_graphql import DagsterGraphQLClient
 
 from audience_pipelines.webserver import LOCATION, REPOSITORY, Webserver
-from audience_pipelines_tests.test_e2e import HEALTH, free_port, wait_for
+from audience_pipelines_tests.test_e2e import HEALTH, free_port, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -37,23 +36,6 @@ DEMO_SYNCS = ["churn_risk_to_crm", "high_value_to_crm", "newsletter_export"]
 VIP = {"name": "vip_to_crm", "audience": "high_value_customers", "destination": "crm_table",
        "target": {"name": "vip"}, "identifiers": {"email": "email"}, "fields": {"plan": "plan"}, "schedule": "daily"}
 ALL_RUNS = "{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }"
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +102,7 @@ def api(tmp_path_factory):
                "web": web, "defs_yaml": root / "audience_pipelines" / "defs" / "syncs" / "defs.yaml",
                "client": DagsterGraphQLClient("127.0.0.1", port_number=web_port)}
     finally:
-        _stop(list(reversed(procs)))  # the API first, then the daemon and the webserver
+        stop(list(reversed(procs)))  # the API first, then the daemon and the webserver
         for f in logs.values():
             f.close()
         print(f"API end-to-end fixture lived {time.monotonic() - started:.1f}s")

@@ -59,6 +59,24 @@ def wait_for(what: str, check, timeout: float = 180, every: float = 1.0):
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
+def stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM to each process group, SIGKILL to any still there after 30 s."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(10)
+
+
 @pytest.fixture(scope="module")
 def dagster(tmp_path_factory):
     """webserver + daemon sharing a fresh DAGSTER_HOME; torn down even when a test fails."""
@@ -102,16 +120,7 @@ def dagster(tmp_path_factory):
         yield {"web": web, "port": port, "data": data, "env": env,
                "client": DagsterGraphQLClient("127.0.0.1", port_number=port)}
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop(procs)
         for f in logs:
             f.close()
         print(f"end-to-end fixture lived {time.monotonic() - started:.1f}s")
