@@ -4,16 +4,23 @@ One table can hold many audiences: rows are keyed by (audience, key). Adds and
 updates are upserts (INSERT ... ON CONFLICT on PostgreSQL, DuckDB and SQLite;
 delete + insert in one transaction elsewhere, or on a table without a unique
 (audience, key)), so resending is harmless.
+
+A batch reaches PostgreSQL by COPY into a temporary table and DuckDB as a registered
+Arrow table, each upserted from there by one statement; other databases get
+multi-row INSERTs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import random
 import time
+import uuid
 from collections.abc import Callable
 
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
@@ -69,6 +76,22 @@ def _refused_by_rows(write: Callable[[str, pa.Table], BatchResult], audience_id:
     except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
         detail = str(exc.orig or exc).strip().splitlines()[0][:300]
         raise RowsRefused(f"the database refused the row: {detail}") from None
+
+
+def _copy_csv(raw, statement: str, table: pa.Table) -> None:
+    """COPY ... FROM STDIN with the table as CSV (unquoted empty: NULL; strings always quoted)."""
+    buffer = io.BytesIO()
+    pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False))
+    buffer.seek(0)
+    cursor = raw.cursor()
+    try:
+        if hasattr(cursor, "copy_expert"):  # psycopg2
+            cursor.copy_expert(statement, buffer)
+        else:  # psycopg 3
+            with cursor.copy(statement) as copy:
+                copy.write(buffer.getvalue())
+    finally:
+        cursor.close()
 
 
 class SqlTableDestination(BatchDestination[SqlTableSettings]):
@@ -157,6 +180,8 @@ class SqlTableDestination(BatchDestination[SqlTableSettings]):
         self._ensure_columns(rows)
         cols = self._columns_for(rows)
         now = dt.datetime.now(dt.timezone.utc)
+        if self._keyed is not False and self._bulk_upsert(audience_id, rows.select(cols), now):
+            return BatchResult()
         records = rows.select(cols).to_pylist()
         for r in records:
             r[AUDIENCE_COL] = audience_id
@@ -179,6 +204,49 @@ class SqlTableDestination(BatchDestination[SqlTableSettings]):
             self._delete(conn, audience_id, rows[KEY].to_pylist())
             conn.execute(sa.insert(self._clause([AUDIENCE_COL, *cols, SYNCED_AT_COL])), records)
         return BatchResult()
+
+    def _bulk_upsert(self, audience_id: str, rows: pa.Table, now: dt.datetime) -> bool:
+        """Upsert the batch from Arrow in one statement (PostgreSQL, DuckDB); False where this does not apply."""
+        name = self.engine.dialect.name
+        if name not in ("postgresql", "duckdb") or any(pa.types.is_nested(f.type) for f in rows.schema):
+            return False
+        n = rows.num_rows
+        batch = rows.append_column(AUDIENCE_COL, pa.array([audience_id] * n, pa.string())) \
+            .append_column(SYNCED_AT_COL, pa.array([now] * n, pa.timestamp("us", tz="UTC")))
+        prep = self.engine.dialect.identifier_preparer
+        target = prep.quote(self.settings.table) if not self.settings.db_schema else \
+            f"{prep.quote_schema(self.settings.db_schema)}.{prep.quote(self.settings.table)}"
+        staged = f"audience_batch_{uuid.uuid4().hex[:12]}"
+        columns = ", ".join(prep.quote(c) for c in batch.column_names)
+        updates = ", ".join(f"{prep.quote(c)} = excluded.{prep.quote(c)}" for c in batch.column_names
+                            if c not in (AUDIENCE_COL, KEY))
+        upsert = (f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {staged} "
+                  f"ON CONFLICT ({prep.quote(AUDIENCE_COL)}, {prep.quote(KEY)}) DO UPDATE SET {updates}")
+        dbapi = self.engine.dialect.dbapi
+        refused = tuple(e for e in (getattr(dbapi, "DataError", None), getattr(dbapi, "IntegrityError", None))
+                        if isinstance(e, type) and issubclass(e, BaseException))
+        try:
+            with self.engine.begin() as conn:
+                raw = conn.connection.dbapi_connection
+                if name == "duckdb":
+                    # The view goes with the connection, which is closed after each batch (NullPool).
+                    raw.register(staged, batch)
+                    conn.exec_driver_sql(upsert)
+                else:
+                    conn.exec_driver_sql(f"CREATE TEMP TABLE {staged} ON COMMIT DROP AS SELECT {columns} "
+                                         f"FROM {target} WITH NO DATA")
+                    _copy_csv(raw, f"COPY {staged} ({columns}) FROM STDIN WITH (FORMAT csv)", batch)
+                    conn.exec_driver_sql(upsert)
+        except sa.exc.ProgrammingError:
+            if self._keyed:
+                raise
+            self._keyed = False  # no unique (audience, key) to conflict on: the row-by-row path
+            return False
+        except refused as exc:
+            # COPY runs on the driver's cursor, outside SQLAlchemy's wrapping of errors.
+            raise RowsRefused(f"the database refused the row: {str(exc).strip().splitlines()[0][:300]}") from None
+        self._keyed = True
+        return True
 
     def remove(self, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult:
         return with_file_lock_retry(lambda: _refused_by_rows(self._delete_rows, audience_id, rows))
