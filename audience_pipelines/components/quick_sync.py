@@ -20,7 +20,7 @@ SYNC_TYPE = "audience_pipelines.components.AudienceSync"
 AUDIENCE_TYPE = "audience_pipelines.components.Audience"
 # What a quick sync takes from its template; the audience, name and target are its own.
 COPIED = ("mode", "removal", "schedule", "identifiers", "fields", "default_region", "phone_region_column",
-          "create_profiles", "max_removal_share", "max_failure_rate", "batch_size")
+          "create_profiles", "max_removal_share", "max_failure_rate", "batch_size", "parallel_batches")
 DEFS = Path(__file__).parents[1] / "defs"
 
 

@@ -219,6 +219,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
     default_region: Text | None = None  # for phone numbers written without a country code
     phone_region_column: Text | None = None  # or: a column holding each member's country
     batch_size: int | None = None
+    parallel_batches: int | None = None  # batches in flight at once; default: the destination's
     # Members with no profile on a CRM: create one (true) or skip and count them (false); default: the destination's.
     create_profiles: bool | None = None
     _one_click: bool = PrivateAttr(default=False)
@@ -275,6 +276,10 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
         if caps.requires_identifier and not identifiers:
             raise ConfigError(f"{at}: {owner}, key 'identifiers': destination type '{destination.type}' needs at "
                               f"least one of {sorted(caps.identifier_kinds)}")
+        if self.parallel_batches is not None and not 1 <= self.parallel_batches <= caps.max_parallel_batches:
+            raise ConfigError(f"{at}: {owner}, key 'parallel_batches': {self.parallel_batches} is not between 1 and "
+                              f"{caps.max_parallel_batches}, the most destination type '{destination.type}' takes "
+                              "at once")
         if self.create_profiles is not None and not caps.needs_profile:
             raise ConfigError(f"{at}: {owner}, key 'create_profiles': destination type '{destination.type}' needs no "
                               "profile before membership; remove the key")
@@ -406,7 +411,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             options = RunOptions(
                 run_id=context.run.run_id, full_resync=full, allow_mass_removal=config.allow_mass_removal,
                 progress=context.log.info, allow_mass_removal_hint=allow_mass_removal_hint(spec.name),
-                registry=storage.audience_registry())
+                registry=storage.audience_registry(), parallel_batches=self.parallel_batches)
             try:
                 if spec.target_column:
                     return run_by_column(spec, members, target, store, options)[0]
@@ -502,7 +507,7 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
             target = getattr(context.resources, dest_key).open(storage.root)
             options = RunOptions(run_id=context.run.run_id, full_resync=config.full_resync,
                                  allow_mass_removal=config.allow_mass_removal, progress=context.log.info,
-                                 registry=storage.audience_registry())
+                                 registry=storage.audience_registry(), parallel_batches=self.parallel_batches)
             try:
                 if spec.target_column:
                     raise dg.Failure(f"sync '{spec.name}': preview is not available for a target named by a column")

@@ -61,6 +61,11 @@ class Capabilities:
     uses_jobs: bool = False
     reports_size: bool = False
     reports_match_rate: bool = False
+    # Batches in flight at once in one run (a sync's `parallel_batches` may set 1 up to the maximum);
+    # more than one only where batches may land in any order and the client is thread-safe. Batches of
+    # one operation overlap; operations never do, so a member's remove lands before its add.
+    parallel_batches: int = 1
+    max_parallel_batches: int = 1
 
     def with_batch_rows(self, rows: int) -> Capabilities:
         return replace(self, max_batch_rows=rows)

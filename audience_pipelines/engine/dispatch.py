@@ -3,11 +3,19 @@
 Every row ends a run accepted, rejected (answered: the platform said no), skipped (deliberately
 not sent), or unanswered (its fate is unknown: it stays journalled). Rows a session reports as
 pending take the session's finish as their answer.
+
+Where the destination takes it, several batches of one operation are in flight at once; the
+operations themselves run one after another, and the first batch of each goes alone (it may
+create the audience, the table or its columns). Batches in flight on one destination account are
+also bounded across every run in the process.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -78,15 +86,44 @@ class _Answer:
     pending: bool = False
 
 
+_ACCOUNT_SLOTS: dict[str, threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def account_slots(account: str, limit: int) -> threading.BoundedSemaphore:
+    """The batches-in-flight limit every run in this process shares for one destination account."""
+    with _SLOTS_LOCK:
+        if account not in _ACCOUNT_SLOTS:
+            _ACCOUNT_SLOTS[account] = threading.BoundedSemaphore(max(1, limit))
+        return _ACCOUNT_SLOTS[account]
+
+
+@dataclass
+class _Sent:
+    """One batch as it came back: its answer, or the error that stops the run."""
+
+    op: Operation
+    lo: int
+    hi: int
+    rows: pa.Table
+    sent_at: np.ndarray
+    answer: _Answer | None
+    error: BaseException | None = None
+
+
 class Dispatcher:
     def __init__(self, session: Session, max_batch_rows: int, sync: str, options, batch_size: int | None,
-                 create_profiles: bool | None = None):
+                 create_profiles: bool | None = None, parallel: int = 1,
+                 slots: threading.BoundedSemaphore | None = None):
         self.session = session
         self.create_profiles = create_profiles
         self.sync = sync
         self.options = options
         self.batch_size = min(batch_size, max_batch_rows) if batch_size else max_batch_rows
         self.isolation_left = MAX_ISOLATION_REQUESTS
+        self.parallel = max(1, parallel)
+        self.slots = slots or threading.BoundedSemaphore(self.parallel)
+        self._lock = threading.Lock()  # stats and the isolation budget, shared by batches in flight
 
     def run(self, ops: list[Operation]) -> Outcome:
         # Nothing is accepted until the destination says so.
@@ -97,23 +134,51 @@ class Dispatcher:
                           record_ids={op.name: np.full(len(op.positions), None, dtype=object) for op in ops})
         sent_ops = [op for op in ops if not op.implicit]
         outcome.rows_total = sum(len(op.positions) for op in sent_ops)
-        batches = [(op, lo) for op in sent_ops for lo in range(0, len(op.positions), self.batch_size)]
+        batches = [(seq, op, lo) for seq, (op, lo) in enumerate(
+            ((op, lo) for op in sent_ops for lo in range(0, len(op.positions), self.batch_size)), start=1)]
         progress = _Progress(outcome.rows_total, len(batches), self.options)
-        for seq, (op, lo) in enumerate(batches, start=1):
+
+        def record(sent: _Sent, seq: int) -> None:
+            if sent.error is not None:
+                outcome.error = outcome.error or sent.error
+                return
+            self._record(outcome, sent.op, sent.lo, sent.hi, sent.rows, sent.sent_at, sent.answer)
+            outcome.rows_done += sent.hi - sent.lo
+            progress.batch_done(outcome.rows_done, seq)
+
+        def send(seq: int, op: Operation, lo: int) -> _Sent:
             hi = min(lo + self.batch_size, len(op.positions))
             rows, sent_at, previous = op.batch(lo, hi)
             ctx = BatchContext(self.sync, self.options.run_id, "add" if op.name == "resend" else op.name,
                                seq, seq == len(batches), create_profiles=self.create_profiles)
-            try:
-                answer = self._send(ctx.operation, rows, previous, ctx, outcome.stats) if rows.num_rows else _Answer()
-            except Exception as exc:  # noqa: BLE001 - commit what was accepted, then report
-                if getattr(exc, "fatal", True):
-                    outcome.error = exc
+            with self.slots:
+                try:
+                    answer = self._send(ctx.operation, rows, previous, ctx, outcome.stats) if rows.num_rows \
+                        else _Answer()
+                except Exception as exc:  # noqa: BLE001 - commit what was accepted, then report
+                    if getattr(exc, "fatal", True):
+                        return _Sent(op, lo, hi, rows, sent_at, None, exc)
+                    answer = _Answer(rejected={i: str(exc) for i in range(rows.num_rows)})
+            return _Sent(op, lo, hi, rows, sent_at, answer)
+
+        with ThreadPoolExecutor(max_workers=self.parallel) if self.parallel > 1 else _InLine() as pool:
+            for _, group in itertools.groupby(batches, key=lambda b: id(b[1])):
+                group = list(group)
+                record(send(*group[0]), group[0][0])  # alone: it may create what the others need
+                in_flight: dict[Future, int] = {}
+                for seq, op, lo in group[1:]:
+                    if outcome.error is not None:
+                        break
+                    while len(in_flight) >= self.parallel:
+                        done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                        for f in sorted(done, key=in_flight.get):
+                            record(f.result(), in_flight.pop(f))
+                    if outcome.error is None:
+                        in_flight[pool.submit(send, seq, op, lo)] = seq
+                for f in sorted(in_flight, key=in_flight.get):  # what is in flight still lands and counts
+                    record(f.result(), in_flight[f])
+                if outcome.error is not None:
                     break
-                answer = _Answer(rejected={i: str(exc) for i in range(rows.num_rows)})
-            self._record(outcome, op, lo, hi, rows, sent_at, answer)
-            outcome.rows_done += hi - lo
-            progress.batch_done(outcome.rows_done, seq)
         self._finish(outcome, ops)
         progress.finish(outcome.rows_done, outcome.error is None)
         return outcome
@@ -185,8 +250,9 @@ class Dispatcher:
         except RowsRefused as exc:  # nothing applied; some rows are to blame
             return _Answer(rejected=self._narrow(name, rows, previous, ctx, everything, str(exc), stats))
         if not ctx.part:  # a part sent again would count its rows twice
-            for k, v in res.stats.items():
-                stats[k] = stats.get(k, 0) + v
+            with self._lock:
+                for k, v in res.stats.items():
+                    stats[k] = stats.get(k, 0) + v
         rejected = dict(res.rejected)
         if res.unapplied:
             rest = everything[[i not in rejected and i not in res.skipped for i in everything]]
@@ -207,12 +273,15 @@ class Dispatcher:
             return {int(i): reason for i in idx}
         found: dict[int, str] = {}
         for n, half in enumerate(np.array_split(idx, 2), start=1):
-            if self.isolation_left < 1:
+            with self._lock:
+                spent = self.isolation_left < 1
+                if not spent:
+                    self.isolation_left -= 1
+                    stats["isolation_requests"] = stats.get("isolation_requests", 0) + 1
+            if spent:
                 found.update({int(i): f"{reason} (not isolated within this run's {MAX_ISOLATION_REQUESTS} extra "
                                       "requests; retried next run)" for i in half})
                 continue
-            self.isolation_left -= 1
-            stats["isolation_requests"] = stats.get("isolation_requests", 0) + 1
             part = rows.take(pa.array(half, pa.int64()))
             part_previous = None if previous is None else \
                 previous.filter(pc.is_in(previous[KEY], value_set=part[KEY].combine_chunks()))
@@ -220,6 +289,21 @@ class Dispatcher:
             for i, r in self._send(name, part, part_previous, part_ctx, stats).rejected.items():
                 found[int(half[i])] = r
         return found
+
+
+class _InLine:
+    """An executor that runs each task as it is submitted: one batch at a time, in order."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
 
 
 class _Progress:

@@ -19,7 +19,7 @@ from audience_pipelines.contract import (
 from audience_pipelines.contract.fields import FieldsRefused
 from audience_pipelines.engine.audiences import AudienceRegistry, open_audience
 from audience_pipelines.engine.diff import DiffPlan, plan_diff
-from audience_pipelines.engine.dispatch import Dispatcher, Operation, Outcome
+from audience_pipelines.engine.dispatch import Dispatcher, Operation, Outcome, account_slots
 from audience_pipelines.engine.errors import ConfigError, MassRemovalBlocked, SyncAborted
 from audience_pipelines.engine.payload import SAMPLE, Payload, build_payload
 from audience_pipelines.engine.snapshot import Manifest, SnapshotStore
@@ -86,6 +86,8 @@ class RunOptions:
     allow_mass_removal_hint: str = "run it again with allow_mass_removal set"
     # Created audiences, per destination account; default: `.audience_registry/` among the syncs' folders.
     registry: AudienceRegistry | None = None
+    # Batches in flight at once; default: the destination's `parallel_batches`, at most its maximum.
+    parallel_batches: int | None = None
 
 
 @dataclass
@@ -355,8 +357,12 @@ def _dispatch(spec: SyncSpec, destination: Destination, store: SnapshotStore, au
     total = sum(len(op.positions) for op in ops if not op.implicit)
     session = destination.open_session(SessionContext(spec.name, options.run_id, audience_id, replace, total,
                                                       save_state, resume))
-    dispatcher = Dispatcher(session, destination.capabilities.max_batch_rows, spec.name, options, spec.batch_size,
-                            spec.create_profiles)
+    caps = destination.capabilities
+    parallel = min(options.parallel_batches or caps.parallel_batches, caps.max_parallel_batches)
+    dispatcher = Dispatcher(session, caps.max_batch_rows, spec.name, options, spec.batch_size,
+                            spec.create_profiles, parallel=parallel,
+                            slots=account_slots(f"{destination.type_name}:{destination.account()}",
+                                                caps.max_parallel_batches))
     return dispatcher.run(ops)
 
 

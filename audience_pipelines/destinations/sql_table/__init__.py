@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from audience_pipelines.contract import (
-    Capabilities, DestinationSettings, DestinationType, SecretInlineAllowed, register,
+    Capabilities, ConfigError, DestinationSettings, DestinationType, SecretInlineAllowed, register,
 )
 from audience_pipelines.identifiers.kinds import KINDS
+
+SERVER_DIALECTS = ("postgresql", "mysql", "mariadb", "mssql", "oracle", "snowflake", "redshift")
 
 
 class SqlTableSettings(DestinationSettings):
@@ -24,7 +26,16 @@ class SqlTable(DestinationType):
 
     @classmethod
     def capabilities(cls, settings=None):
-        return Capabilities(identifier_kinds=frozenset(KINDS), max_batch_rows=10_000, can_list_audiences=True)
+        # A server database takes batches on several connections at once; an embedded file
+        # (DuckDB, SQLite) admits one writer. Before a run reads its URL, the server's limit applies.
+        try:
+            url = settings.url.value() if settings is not None else None
+        except ConfigError:
+            url = None
+        embedded = url is not None and not url.startswith(SERVER_DIALECTS)
+        return Capabilities(identifier_kinds=frozenset(KINDS), max_batch_rows=10_000, can_list_audiences=True,
+                            parallel_batches=4 if url is not None and url.startswith("postgresql") else 1,
+                            max_parallel_batches=1 if embedded else 8)
 
     @classmethod
     def account(cls, settings: SqlTableSettings) -> str:

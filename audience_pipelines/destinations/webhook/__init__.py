@@ -29,8 +29,9 @@ class Webhook(DestinationType):
 
     @classmethod
     def capabilities(cls, settings: WebhookSettings | None = None):
+        # One batch at a time unless a sync asks for more: then batches may arrive out of `seq` order.
         return Capabilities(identifier_kinds=frozenset(KINDS), can_list_audiences=True,
-                            max_batch_rows=settings.batch_size if settings else MAX_ROWS)
+                            max_batch_rows=settings.batch_size if settings else MAX_ROWS, max_parallel_batches=8)
 
     @classmethod
     def account(cls, settings: WebhookSettings) -> str:

@@ -1,0 +1,151 @@
+"""Several batches in flight: operations stay in order, the account's limit holds across runs, a stop
+commits what landed, and a PostgreSQL table ends exact."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+from audience_pipelines.contract import BatchResult, DestinationError, Target
+from audience_pipelines.destinations.sql_table import SqlTableSettings
+from audience_pipelines.destinations.sql_table.client import SqlTableDestination
+from audience_pipelines.engine import RunOptions, SnapshotStore, SyncSpec, run_sync
+from audience_pipelines.engine.dispatch import Dispatcher, Operation
+
+
+class Recorder:
+    """A session that takes a while per batch and records what was in flight together."""
+
+    def __init__(self, delay_s: float = 0.02, fail_at: int | None = None):
+        self.delay_s, self.fail_at = delay_s, fail_at
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.most = 0
+        self.spans: list[tuple[str, int, float, float]] = []  # operation, seq, start, end
+
+    def send(self, operation, rows, previous, ctx):
+        with self.lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        start = time.monotonic()
+        time.sleep(self.delay_s)
+        with self.lock:
+            self.in_flight -= 1
+            self.spans.append((operation, ctx.seq, start, time.monotonic()))
+        if ctx.seq == self.fail_at:
+            raise DestinationError("the platform is down", fatal=True)
+        return BatchResult()
+
+    def finish(self, complete):
+        from audience_pipelines.contract import Finish
+        return Finish("applied")
+
+
+def operation(name: str, n: int) -> Operation:
+    table = pa.table({"key": [f"{name}{i}" for i in range(n)]})
+    return Operation(name, name + "d", np.arange(n), table)
+
+
+class Options:
+    run_id, progress, progress_interval_s = "r1", None, 5.0
+
+
+def test_batches_of_one_operation_overlap_and_operations_never_do():
+    session = Recorder()
+    ops = [operation("remove", 40), operation("add", 40)]
+    outcome = Dispatcher(session, 5, "s", Options(), None, parallel=4).run(ops)
+    assert outcome.error is None and outcome.rows_done == 80
+    assert all(outcome.accepted[name].all() for name in ("remove", "add"))
+    assert session.most == 4
+    removes_end = max(end for op, _, _, end in session.spans if op == "remove")
+    adds_start = min(start for op, _, start, _ in session.spans if op == "add")
+    assert removes_end <= adds_start  # a member's remove lands before its add
+    first_add = min((s for s in session.spans if s[0] == "add"), key=lambda s: s[1])
+    assert all(start >= first_add[3] for op, seq, start, _ in session.spans if op == "add" and seq != first_add[1])
+
+
+def test_a_stop_lets_what_is_in_flight_land_and_sends_nothing_after():
+    session = Recorder(fail_at=6)
+    outcome = Dispatcher(session, 5, "s", Options(), None, parallel=3).run([operation("add", 100)])
+    assert isinstance(outcome.error, DestinationError)
+    sent = {seq for _, seq, _, _ in session.spans}
+    assert max(sent) <= 6 + 2  # at most the batches already in flight when batch 6 failed
+    landed = np.flatnonzero(outcome.accepted["add"]) // 5 + 1
+    assert set(landed) == sent - {6} and outcome.rows_done == 5 * len(sent - {6})
+
+
+def test_the_accounts_limit_holds_across_runs():
+    slots = threading.BoundedSemaphore(2)
+    session = Recorder(delay_s=0.03)
+    runs = [threading.Thread(target=Dispatcher(session, 5, f"s{i}", Options(), None, parallel=4, slots=slots).run,
+                             args=([operation("add", 60)],)) for i in range(2)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    assert len(session.spans) == 24 and session.most == 2
+
+
+def test_one_batch_at_a_time_keeps_the_order_of_sending():
+    session = Recorder(delay_s=0)
+    Dispatcher(session, 5, "s", Options(), None).run([operation("remove", 20), operation("add", 20)])
+    assert [seq for _, seq, _, _ in sorted(session.spans, key=lambda s: s[2])] == list(range(1, 9))
+
+
+@pytest.mark.postgres
+def test_a_postgres_table_takes_batches_in_parallel_and_ends_exact(pg_schema, tmp_path):
+    url, _ = pg_schema
+    settings = SqlTableSettings(url=url, table="audience_members")
+    assert SqlTableDestination(settings).capabilities.parallel_batches == 4
+    spec = SyncSpec(name="t", audience="a", destination="crm", target=Target(name="vip"),
+                    identifiers={"email": "email"}, fields={"plan": "plan"}, batch_size=500)
+    store = SnapshotStore(tmp_path / "syncs", "t")
+
+    def members(lo, hi, plan="gold"):
+        return pa.table({"key": [f"k{i:05d}" for i in range(lo, hi)],
+                         "email": [f"p{i}@example.com" for i in range(lo, hi)], "plan": [plan] * (hi - lo)})
+
+    for run_id, table in (("r1", members(0, 10_000)), ("r2", members(200, 10_200, plan="silver"))):
+        destination = SqlTableDestination(settings)
+        try:
+            result = run_sync(spec, table, destination, store, RunOptions(run_id=run_id))
+        finally:
+            destination.close()
+        assert result.failed == 0
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("select key, plan from audience_members where audience = 'vip'")).all()
+    engine.dispose()
+    assert sorted(rows) == [(f"k{i:05d}", "silver") for i in range(200, 10_200)]
+    assert (result.removed, result.added, result.updated) == (200, 200, 9_800)
+
+
+def test_a_sync_asking_for_more_batches_than_its_destination_takes_does_not_load():
+    from audience_pipelines.components.load_errors import first_user_error
+    from audience_pipelines.engine import ConfigError
+    from audience_pipelines_tests.dagster_helpers import project_defs
+
+    sync = ("type: audience_pipelines.components.AudienceSync\nattributes:\n  name: fast\n"
+            "  audience: churn_risk\n  destination: {d}\n  target: {{name: fast}}\n  parallel_batches: {n}\n")
+
+    def mistake(destination: str, n: int) -> str | None:
+        try:
+            with project_defs(extra={"fast/defs.yaml": sync.format(d=destination, n=n)},
+                              examples=("meta_and_webhook",)):
+                return None
+        except Exception as exc:  # noqa: BLE001
+            found = first_user_error(exc)
+            assert isinstance(found, ConfigError)
+            return str(found)
+
+    assert mistake("partner_webhook", 8) is None
+    assert mistake("partner_webhook", 9) == (
+        "defs/fast/defs.yaml (document 1): sync 'fast', key 'parallel_batches': 9 is not between 1 and 8, the most "
+        "destination type 'webhook' takes at once")
+    # The demo's CRM table is a DuckDB file, which admits one writer.
+    assert "key 'parallel_batches': 2 is not between 1 and 1" in mistake("crm_table", 2)
