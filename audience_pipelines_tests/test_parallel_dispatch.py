@@ -149,3 +149,53 @@ def test_a_sync_asking_for_more_batches_than_its_destination_takes_does_not_load
         "destination type 'webhook' takes at once")
     # The demo's CRM table is a DuckDB file, which admits one writer.
     assert "key 'parallel_batches': 2 is not between 1 and 1" in mistake("crm_table", 2)
+
+
+def test_a_throttle_met_by_one_request_holds_back_the_others_to_that_host():
+    import http.server
+
+    from audience_pipelines.destinations.http import HttpClient
+
+    answers = iter([429, 200, 200])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            status = next(answers)
+            self.send_response(status)
+            if status == 429:
+                self.send_header("Retry-After", "7")
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    now = [1000.0]
+    slept: dict[str, list[float]] = {"a": [], "b": []}
+
+    def clock():
+        return now[0]
+
+    def sleeper(name):
+        def sleep(s):
+            slept[name].append(s)
+            now[0] += s
+        return sleep
+
+    origin = f"http://127.0.0.1:{server.server_address[1]}"
+    a = HttpClient(origin, sleep=sleeper("a"), clock=clock)
+    b = HttpClient(origin, sleep=sleeper("b"), clock=clock)
+    try:
+        assert a.request("POST", "/x", json={}).status_code == 200  # met the throttle, waited 7 s, went again
+        assert slept["a"] == [7.0]
+        now[0] -= 5  # b starts 2 s into a's pause: it waits the 5 s left before its first try
+        assert b.request("POST", "/y", json={}).status_code == 200
+        assert slept["b"] == [5.0]
+    finally:
+        a.close()
+        b.close()
+        server.shutdown()

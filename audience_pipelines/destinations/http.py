@@ -2,7 +2,8 @@
 
 Destinations say how their platform signals a throttle (`throttle_delay`) and
 what its error bodies mean (`describe_error`); this module decides when and how
-long to wait. Secrets travel in headers, never in URLs, so nothing here can leak
+long to wait. A throttle holds back every request to the same host in the process
+(batches in flight together, other syncs), not only the one that met it. Secrets travel in headers, never in URLs, so nothing here can leak
 them into an error message; a `describe_error` must not return them either.
 """
 
@@ -54,6 +55,35 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
+class _Pause:
+    """Until when requests to one host wait: a throttle met by one request holds back the others."""
+
+    def __init__(self) -> None:
+        self.until = 0.0
+        self.by: tuple[int, int] | None = None  # the client and thread that met the throttle, and sleep it out
+        self.lock = threading.Lock()
+
+    def extend(self, until: float, by: tuple[int, int]) -> None:
+        with self.lock:
+            if until > self.until:
+                self.until, self.by = until, by
+
+    def holds(self, now: float, me: tuple[int, int]) -> float:
+        """How long `me` waits before sending: the rest of a pause someone else met."""
+        with self.lock:
+            return self.until - now if self.by != me else 0.0
+
+
+_PAUSES: dict[tuple, _Pause] = {}
+_PAUSES_LOCK = threading.Lock()
+
+
+def _pause_for(url: httpx.URL, clock: Callable[[], float]) -> _Pause:
+    key = (url.scheme, url.host, url.port, id(clock))  # times on one clock compare
+    with _PAUSES_LOCK:
+        return _PAUSES.setdefault(key, _Pause())
+
+
 class HttpClient:
     """An httpx client plus the retry policy; one per destination instance."""
 
@@ -98,8 +128,13 @@ class HttpClient:
         """
         last = ""
         started = self._clock()
+        pause = _pause_for(self._client.base_url.join(url), self._clock)
+        me = (id(self), threading.get_ident())
         for attempt in range(self.policy.max_attempts):
             delay = None
+            held = pause.holds(self._clock(), me)
+            if held > 0:  # another request met a throttle: wait it out with it
+                self._sleep(min(held, self.policy.max_delay_s))
             try:
                 response = self._client.request(method, url, **kwargs)
             except httpx.TransportError as exc:  # timeouts, refused and reset connections
@@ -122,6 +157,8 @@ class HttpClient:
                 described = self._describe_error(response) if self._describe_error else None
                 if described:
                     last += f": {described}"
+            if delay is not None and delay >= 0 and response.status_code < 500:  # a throttle, not an outage
+                pause.extend(self._clock() + min(delay, self.policy.max_delay_s), me)
             if attempt + 1 < self.policy.max_attempts:
                 wait = delay if delay is not None and delay >= 0 else self.policy.backoff(attempt)
                 self._sleep(min(wait, self.policy.max_delay_s))
