@@ -14,8 +14,9 @@
 3. Checks counts and sha256 digests of the sorted key sets of adds, removes
    and updates against each other and against the ground truth; exits 1 on
    any mismatch.
-4. Prints wall seconds (median), peak RSS and per-phase times, and last the
-   line `ratio_vs_duckdb=<engine s / duckdb s>`.
+4. Prints wall seconds (median), peak RSS and per-phase times, then
+   `rss_ratio_vs_duckdb=<engine peak RSS / duckdb peak RSS>` (medians over the
+   repeats) and last `ratio_vs_duckdb=<engine s / duckdb s>`.
 
 Timed span in both workers: from "start reading Parquet" to "adds, removes
 and updates materialised as Arrow tables". Each worker first reads a tiny
@@ -39,7 +40,8 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-GEN_VERSION = 2  # bump when the generated data changes; invalidates the cache
+GEN_VERSION = 3  # bump when the generated data changes; invalidates the cache
+CHUNK_ROWS = 5_000_000  # rows generated, hashed and written at a time
 MEMBERS = "members.parquet"
 SNAPSHOT = "snapshot.parquet"
 TINY_MEMBERS = "tiny_members.parquet"
@@ -131,6 +133,14 @@ def _table(cols, rows):
     })
 
 
+def _schemas():
+    import pyarrow as pa
+
+    members = pa.schema([("key", pa.string()), ("email", pa.string()), ("lifetime_value", pa.float64()),
+                         ("plan_type", pa.string()), ("last_purchase", pa.date32()), ("country", pa.string())])
+    return members, members.append(pa.field("key_hash", pa.uint64())).append(pa.field("row_hash", pa.uint64()))
+
+
 def generate(n: int, out: Path) -> dict:
     """Write members.parquet, snapshot.parquet, tiny warm-up files and meta.json under `out`."""
     import numpy as np
@@ -139,6 +149,7 @@ def generate(n: int, out: Path) -> dict:
 
     from audience_pipelines.engine.hashing import key_hash, row_hash
 
+    members_schema, snapshot_schema = _schemas()
     t0 = time.perf_counter()
     seed = 20240601 + n
     rng = np.random.default_rng(seed)
@@ -214,24 +225,25 @@ def generate(n: int, out: Path) -> dict:
 
     old_order = rng.permutation(n)  # both files shuffled independently
     new_order = new_rows[rng.permutation(len(new_rows))]
-    old = _table(cols, old_order)
-    new = _table(cols, new_order)
-    del cols
     t_gen = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    kh = key_hash(old["key"])
-    rh = row_hash(hash_inputs(old), old["key"])
-    snap = old.append_column("key_hash", pa.array(kh, pa.uint64())).append_column(
-        "row_hash", pa.array(rh, pa.uint64()))
-    t_hash = time.perf_counter() - t0
-
+    # Written a chunk at a time, so 100M members fit: only one chunk's Arrow tables are in memory.
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(new, out / MEMBERS)  # a warehouse export: pyarrow defaults (snappy)
-    pq.write_table(snap, out / SNAPSHOT, compression="zstd", compression_level=1)  # as SnapshotStore
-    pq.write_table(new.slice(0, 1000), out / TINY_MEMBERS)
-    pq.write_table(snap.slice(0, 1000), out / TINY_SNAPSHOT, compression="zstd", compression_level=1)
+    with pq.ParquetWriter(out / SNAPSHOT, snapshot_schema, compression="zstd", compression_level=1) as snap_out, \
+            pq.ParquetWriter(out / MEMBERS, members_schema) as new_out:  # a warehouse export: snappy
+        for lo in range(0, max(n, len(new_order)), CHUNK_ROWS):
+            old = _table(cols, old_order[lo:lo + CHUNK_ROWS])
+            snap = old.append_column("key_hash", pa.array(key_hash(old["key"]), pa.uint64())).append_column(
+                "row_hash", pa.array(row_hash(hash_inputs(old), old["key"]), pa.uint64()))  # as SnapshotStore
+            new = _table(cols, new_order[lo:lo + CHUNK_ROWS])
+            snap_out.write_table(snap)
+            new_out.write_table(new)
+            if lo == 0:
+                pq.write_table(new.slice(0, 1000), out / TINY_MEMBERS)
+                pq.write_table(snap.slice(0, 1000), out / TINY_SNAPSHOT, compression="zstd", compression_level=1)
+            print(f"  wrote {min(lo + CHUNK_ROWS, n):,} of {n:,} members", file=sys.stderr, flush=True)
+    del cols
     t_write = time.perf_counter() - t0
 
     def key_strs(positions):
@@ -244,10 +256,10 @@ def generate(n: int, out: Path) -> dict:
     }
     meta = {
         "gen_version": GEN_VERSION, "rows": n, "seed": seed,
-        "old_rows": old.num_rows, "new_rows": new.num_rows, "truth": truth,
+        "old_rows": n, "new_rows": len(new_order), "truth": truth,
         "update_changes_by_column": change_kinds, "null_transitions": transitions,
         "bytes": {f: (out / f).stat().st_size for f in (MEMBERS, SNAPSHOT)},
-        "seconds": {"generate": round(t_gen, 2), "hash": round(t_hash, 2), "write": round(t_write, 2)},
+        "seconds": {"generate": round(t_gen, 2), "hash_and_write": round(t_write, 2)},
         "gen_peak_rss_mb": round(peak_rss_mb()),
     }
     (out / META).write_text(json.dumps(meta, indent=2))
@@ -451,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(data)
     for line in mismatches:
         print("MISMATCH: " + line, file=sys.stderr)
+    rss = {name: statistics.median(r["peak_rss_mb"] for r in rs) for name, rs in runs.items()}
+    print(f"rss_ratio_vs_duckdb={rss['engine'] / rss['duckdb']:.2f}", flush=True)
     print(f"ratio_vs_duckdb={wall['engine'] / wall['duckdb']:.2f}", flush=True)
     return 1 if mismatches else 0
 
