@@ -358,15 +358,10 @@ class FakeMeta(FakeServer):
             if not remove:
                 members.update(valid)
             else:
-                holders: dict[tuple, list[frozenset]] = {}
-                for held in members:
-                    for pair in held:
-                        if pair[0] in MATCH_KEYS:
-                            holders.setdefault(pair, []).append(held)
-                for row in valid:
-                    keys = [pair for pair in row if pair[0] in MATCH_KEYS]
-                    for held in [h for pair in keys for h in holders.get(pair, ())] if keys else [row]:
-                        members.discard(held)
+                # A held person goes when any of its match keys is in the request (one C-level scan).
+                wanted = {pair for row in valid for pair in row if pair[0] in MATCH_KEYS}
+                members.difference_update([h for h in members if not wanted.isdisjoint(h)] if wanted else [])
+                members.difference_update(row for row in valid if not any(p[0] in MATCH_KEYS for p in row))
             sid = str(session.get("session_id") or secrets.randbelow(2**62))
             self._record_users_session(aid, sid, session, n_rows, len(valid), n_invalid)
         return {"audience_id": aid, "session_id": sid,
