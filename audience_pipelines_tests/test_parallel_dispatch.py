@@ -199,3 +199,10 @@ def test_a_throttle_met_by_one_request_holds_back_the_others_to_that_host():
         a.close()
         b.close()
         server.shutdown()
+
+
+def test_the_runs_last_batch_lands_after_every_other():
+    session = Recorder()
+    Dispatcher(session, 5, "s", Options(), None, parallel=4).run([operation("add", 60)])
+    last = next(s for s in session.spans if s[1] == 12)
+    assert all(end <= last[2] for _, seq, _, end in session.spans if seq != 12)

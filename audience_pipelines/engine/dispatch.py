@@ -5,8 +5,9 @@ not sent), or unanswered (its fate is unknown: it stays journalled). Rows a sess
 pending take the session's finish as their answer.
 
 Where the destination takes it, several batches of one operation are in flight at once; the
-operations themselves run one after another, and the first batch of each goes alone (it may
-create the audience, the table or its columns). Batches in flight on one destination account are
+operations themselves run one after another, the first batch of each goes alone (it may
+create the audience, the table or its columns), and so does the run's last batch, after all the
+others (it may close the platform's session). Batches in flight on one destination account are
 also bounded across every run in the process.
 """
 
@@ -165,6 +166,8 @@ class Dispatcher:
             for _, group in itertools.groupby(batches, key=lambda b: id(b[1])):
                 group = list(group)
                 record(send(*group[0]), group[0][0])  # alone: it may create what the others need
+                # The run's last batch goes alone after the others too: it may close the session.
+                closing = group.pop() if len(group) > 1 and group[-1][0] == len(batches) else None
                 in_flight: dict[Future, int] = {}
                 for seq, op, lo in group[1:]:
                     if outcome.error is not None:
@@ -177,6 +180,8 @@ class Dispatcher:
                         in_flight[pool.submit(send, seq, op, lo)] = seq
                 for f in sorted(in_flight, key=in_flight.get):  # what is in flight still lands and counts
                     record(f.result(), in_flight[f])
+                if closing is not None and outcome.error is None:
+                    record(send(*closing), closing[0])
                 if outcome.error is not None:
                     break
         self._finish(outcome, ops)

@@ -358,7 +358,8 @@ def _dispatch(spec: SyncSpec, destination: Destination, store: SnapshotStore, au
     session = destination.open_session(SessionContext(spec.name, options.run_id, audience_id, replace, total,
                                                       save_state, resume))
     caps = destination.capabilities
-    parallel = min(options.parallel_batches or caps.parallel_batches, caps.max_parallel_batches)
+    # A replace session's batches go in order: the audience becomes what it received when it closes.
+    parallel = 1 if replace else min(options.parallel_batches or caps.parallel_batches, caps.max_parallel_batches)
     dispatcher = Dispatcher(session, caps.max_batch_rows, spec.name, options, spec.batch_size,
                             spec.create_profiles, parallel=parallel,
                             slots=account_slots(f"{destination.type_name}:{destination.account()}",

@@ -43,6 +43,8 @@ class MetaCustomAudiences(DestinationType):
             accepts_fields=False, can_list_audiences=True, hashes_identifiers=True, requires_identifier=True,
             match_identifiers=frozenset({"email", "phone", "external_id", "device_id"}),
             replaces_audience=settings.replace_on_full_resend if settings else True, reports_size=True,
+            # Meta limits calls per hour, not calls at once; a replace session still goes one batch at a time.
+            parallel_batches=2, max_parallel_batches=4,
         )
 
     @classmethod
