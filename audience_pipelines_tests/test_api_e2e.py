@@ -24,7 +24,7 @@ import yaml
 from dagster_graphql import DagsterGraphQLClient
 
 from audience_pipelines.webserver import LOCATION, REPOSITORY, Webserver
-from audience_pipelines_tests.test_e2e import HEALTH, free_port, stop, wait_for
+from audience_pipelines_tests.test_e2e import free_port, healthy, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -78,18 +78,7 @@ def api(tmp_path_factory):
         start("webserver", "dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(web_port))
         start("daemon", "dagster-daemon", "run", "-w", "workspace.yaml")
         web = Webserver(web_url)
-
-        def healthy():
-            state = web.query(HEALTH, {})
-            entries = state["workspaceOrError"]["locationEntries"]
-            loaded = entries and all(e["loadStatus"] == "LOADED" for e in entries)
-            errors = [e["locationOrLoadError"] for e in entries
-                      if e["locationOrLoadError"] and e["locationOrLoadError"]["__typename"] == "PythonError"]
-            assert not errors, errors
-            daemons = state["instance"]["daemonHealth"]["allDaemonStatuses"]
-            return loaded and all(d["healthy"] for d in daemons if d["required"])
-
-        wait_for("code location and daemons", healthy, timeout=180)
+        wait_for("code location and daemons", lambda: healthy(web), timeout=180)
         start("api", "audience-pipelines", "api", "--host", "127.0.0.1", "--port", str(api_port), "--url", web_url)
 
         def api_up():

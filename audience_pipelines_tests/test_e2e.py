@@ -59,6 +59,18 @@ def wait_for(what: str, check, timeout: float = 180, every: float = 1.0):
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
+def healthy(web: Webserver) -> bool:
+    """The code location loaded without error and every required daemon reports healthy."""
+    state = web.query(HEALTH, {})
+    entries = state["workspaceOrError"]["locationEntries"]
+    loaded = entries and all(e["loadStatus"] == "LOADED" for e in entries)
+    errors = [e["locationOrLoadError"] for e in entries
+              if e["locationOrLoadError"] and e["locationOrLoadError"]["__typename"] == "PythonError"]
+    assert not errors, errors
+    daemons = state["instance"]["daemonHealth"]["allDaemonStatuses"]
+    return loaded and all(d["healthy"] for d in daemons if d["required"])
+
+
 def stop(procs: list[subprocess.Popen]) -> None:
     """SIGTERM to each process group, SIGKILL to any still there after 30 s."""
     for p in procs:
@@ -104,18 +116,7 @@ def dagster(tmp_path_factory):
     started = time.monotonic()
     try:
         web = Webserver(f"http://127.0.0.1:{port}")
-
-        def healthy():
-            state = web.query(HEALTH, {})
-            entries = state["workspaceOrError"]["locationEntries"]
-            loaded = entries and all(e["loadStatus"] == "LOADED" for e in entries)
-            errors = [e["locationOrLoadError"] for e in entries
-                      if e["locationOrLoadError"] and e["locationOrLoadError"]["__typename"] == "PythonError"]
-            assert not errors, errors
-            daemons = state["instance"]["daemonHealth"]["allDaemonStatuses"]
-            return loaded and all(d["healthy"] for d in daemons if d["required"])
-
-        wait_for("code location and daemons", healthy)
+        wait_for("code location and daemons", lambda: healthy(web))
         print(f"webserver and daemon healthy after {time.monotonic() - started:.1f}s")
         yield {"web": web, "port": port, "data": data, "env": env,
                "client": DagsterGraphQLClient("127.0.0.1", port_number=port)}
