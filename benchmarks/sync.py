@@ -152,7 +152,8 @@ def one_run(engine, lo: int, hi: int, tmp: Path, spec: SyncSpec, store: Snapshot
     members = pq.read_table(path)
     times["materialize"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    result = run_sync(spec, members, destination, store, RunOptions(run_id=run_id))
+    result = run_sync(spec, members, destination, store, RunOptions(
+        run_id=run_id, progress=lambda line: print(f"  {run_id}: {line}", file=sys.stderr, flush=True)))
     times["sync"] = time.perf_counter() - mark
     times["total"] = time.perf_counter() - started
     return times, members.num_rows, result.added + result.removed + result.updated
