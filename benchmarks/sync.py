@@ -72,6 +72,7 @@ def serve(kind: str) -> None:
     from audience_pipelines_tests.fakes import FakeMeta, FakeWebhook
 
     fake = FakeWebhook(secret=WEBHOOK_SECRET) if kind == "webhook" else FakeMeta(access_token=META_TOKEN)
+    fake.keep_log = False  # the members it holds are checked; a log of every request would outgrow memory
     with fake:
         print(json.dumps({"url": fake.url}), flush=True)
         sys.stdin.read()

@@ -104,6 +104,7 @@ class FakeServer:
         self._thread: threading.Thread | None = None
         self._injections: list[dict] = []
         self._requests: list = []
+        self.keep_log = True  # off for benchmarks: millions of logged requests outgrow the machine
         self.errors: list[str] = []  # tracebacks of bugs inside the fake itself
 
     def start(self):
@@ -205,6 +206,7 @@ class FakeServer:
                 resp = Response(500, self.errors[-1].encode(), {"Content-Type": "text/plain"})
             if self._pop("lost_answer", self._scope(req)) or self._pop_matching(req):
                 resp = DROP
-        with self._lock:
-            self._requests.append(self._log_entry(req, resp))
+        if self.keep_log:
+            with self._lock:
+                self._requests.append(self._log_entry(req, resp))
         return resp

@@ -141,7 +141,8 @@ class FakeWebhook(FakeServer):
         for index, (kind, row) in enumerate(rows):
             rid = row.get("id") if isinstance(row, dict) else None
             error = "row has no id" if rid is None else self._rejects.get(str(rid))
-            self._rows[kind].append(copy.deepcopy(row))
+            if self.keep_log:
+                self._rows[kind].append(copy.deepcopy(row))
             named = {"index": index, "id": rid}
             results.append({**{k: v for k, v in named.items() if k in self._result_fields},
                             "status": "rejected" if error else "ok", "error": error})
