@@ -1,7 +1,7 @@
 """A sync end to end, phase by phase: warehouse read, audience materialization, the sync run.
 
     python benchmarks/sync.py --rows N --destination sql_table|webhook|meta_custom_audiences
-        [--warehouse duckdb|postgres] [--table-db duckdb|postgres] [--pg-url URL]
+        [--warehouse duckdb|postgres] [--table-db duckdb|postgres] [--pg-url URL] [--parallel-batches K]
 
 A warehouse table of N + N/50 people is written to DuckDB (a file) or PostgreSQL (a schema of its
 own, dropped at the end). Two runs follow, each done as the Dagster assets do it:
@@ -141,7 +141,7 @@ def held_in_table(settings: dict) -> list[str]:
 # --------------------------------------------------------------------------- the runs
 
 def one_run(engine, lo: int, hi: int, tmp: Path, spec: SyncSpec, store: SnapshotStore, destination,
-            run_id: str) -> tuple[dict[str, float], int, int]:
+            run_id: str, parallel: int | None) -> tuple[dict[str, float], int, int]:
     times = {}
     started = time.perf_counter()
     sql = f"SELECT {', '.join(COLUMNS)} FROM customers WHERE seq >= {lo} AND seq < {hi}"
@@ -154,7 +154,7 @@ def one_run(engine, lo: int, hi: int, tmp: Path, spec: SyncSpec, store: Snapshot
     times["materialize"] = time.perf_counter() - mark
     mark = time.perf_counter()
     result = run_sync(spec, members, destination, store, RunOptions(
-        run_id=run_id, progress=lambda line: print(f"  {run_id}: {line}", file=sys.stderr, flush=True)))
+        run_id=run_id, parallel_batches=parallel, progress=lambda line: print(f"  {run_id}: {line}", file=sys.stderr, flush=True)))
     times["sync"] = time.perf_counter() - mark
     times["total"] = time.perf_counter() - started
     return times, members.num_rows, result.added + result.removed + result.updated
@@ -169,6 +169,7 @@ def main() -> int:
     parser.add_argument("--table-db", choices=["duckdb", "postgres"], default="postgres",
                         help="sql_table: the database holding the table")
     parser.add_argument("--pg-url", default=os.environ.get("AUDIENCE_PIPELINES_TEST_PG_URL", DEFAULT_PG_URL))
+    parser.add_argument("--parallel-batches", type=int, help="batches in flight (default: the destination's)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -209,7 +210,8 @@ def main() -> int:
                 destination, settings = open_destination(args.destination, url, tmp, args.table_db, args.pg_url,
                                                           schema)
                 try:
-                    times, members, sent = one_run(engine, lo, hi, tmp, spec, store, destination, label)
+                    times, members, sent = one_run(engine, lo, hi, tmp, spec, store, destination, label,
+                                                   args.parallel_batches)
                 finally:
                     destination.close()
                 phases = "  ".join(f"{p} {s:6.2f} s {members / s:>11,.0f} rows/s" for p, s in times.items())
