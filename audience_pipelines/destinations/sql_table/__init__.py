@@ -33,7 +33,9 @@ class SqlTable(DestinationType):
         except ConfigError:
             url = None
         embedded = url is not None and not url.startswith(SERVER_DIALECTS)
-        return Capabilities(identifier_kinds=frozenset(KINDS), max_batch_rows=10_000, can_list_audiences=True,
+        # Each batch opens an embedded file anew (another process may write it between batches): fewer, larger ones.
+        return Capabilities(identifier_kinds=frozenset(KINDS), max_batch_rows=100_000 if embedded else 10_000,
+                            can_list_audiences=True,
                             parallel_batches=4 if url is not None and url.startswith("postgresql") else 1,
                             max_parallel_batches=1 if embedded else 8)
 
