@@ -79,11 +79,17 @@ class Loaded:
     documents: dict[str, SyncDocument]  # sync name -> its YAML document
     specs: dict[dg.AssetKey, dg.AssetSpec] = field(default_factory=dict)
 
+    groups: dict[str, dict[str, dg.AssetSpec]] = field(default_factory=dict)
+
     def __post_init__(self):
         self.specs = {s.key: s for s in self.definitions.resolve_all_asset_specs()}
+        for key, spec in self.specs.items():
+            if len(key.path) == 2:
+                self.groups.setdefault(key.path[0], {})[key.path[1]] = spec
 
     def group(self, name: str) -> dict[str, dg.AssetSpec]:
-        return {k.path[1]: s for k, s in self.specs.items() if len(k.path) == 2 and k.path[0] == name}
+        """Assets `<name>/<x>` by x (syncs, audiences), grouped once per load."""
+        return self.groups.get(name, {})
 
 
 class Project:
