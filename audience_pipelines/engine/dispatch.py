@@ -138,8 +138,11 @@ class Dispatcher:
         batches = [(seq, op, lo) for seq, (op, lo) in enumerate(
             ((op, lo) for op in sent_ops for lo in range(0, len(op.positions), self.batch_size)), start=1)]
         progress = _Progress(outcome.rows_total, len(batches), self.options)
+        stop = threading.Event()  # a fatal error: batches not yet sending stay unsent
 
-        def record(sent: _Sent, seq: int) -> None:
+        def record(sent: _Sent | None, seq: int) -> None:
+            if sent is None:
+                return
             if sent.error is not None:
                 outcome.error = outcome.error or sent.error
                 return
@@ -147,17 +150,20 @@ class Dispatcher:
             outcome.rows_done += sent.hi - sent.lo
             progress.batch_done(outcome.rows_done, seq)
 
-        def send(seq: int, op: Operation, lo: int) -> _Sent:
+        def send(seq: int, op: Operation, lo: int) -> _Sent | None:
             hi = min(lo + self.batch_size, len(op.positions))
             rows, sent_at, previous = op.batch(lo, hi)
             ctx = BatchContext(self.sync, self.options.run_id, "add" if op.name == "resend" else op.name,
                                seq, seq == len(batches), create_profiles=self.create_profiles)
             with self.slots:
+                if stop.is_set():
+                    return None
                 try:
                     answer = self._send(ctx.operation, rows, previous, ctx, outcome.stats) if rows.num_rows \
                         else _Answer()
                 except Exception as exc:  # noqa: BLE001 - commit what was accepted, then report
                     if getattr(exc, "fatal", True):
+                        stop.set()
                         return _Sent(op, lo, hi, rows, sent_at, None, exc)
                     answer = _Answer(rejected={i: str(exc) for i in range(rows.num_rows)})
             return _Sent(op, lo, hi, rows, sent_at, answer)
