@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from audience_pipelines.contract import Destination, EnvSecret, Target
 from audience_pipelines.destinations import destination_type
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncSpec, run_sync
-from audience_pipelines.engine import snapshot as snapshot_module
+from audience_pipelines.engine import partitions as partitions_module
 from audience_pipelines.engine.errors import AudienceError
 from audience_pipelines.engine.warehouse import query_audience
 
@@ -231,28 +231,32 @@ def kill_mid_dispatch(case: Case, mode: str, members: pa.Table, store: SnapshotS
 
 
 class _DiskFull:
-    """pyarrow.parquet for the snapshot module, with a disk that fills while the snapshot is written."""
+    """pyarrow.parquet for the partitioned files, with a disk that fills while the snapshot is written."""
 
     def __getattr__(self, name):
         return getattr(pq, name)
 
-    @staticmethod
-    def write_table(table, where, **kwargs):
-        if Path(where).name.startswith(".snapshot-"):
-            Path(where).write_bytes(b"PAR1" + b"\0" * 64)  # a partial file, as a full disk leaves
-            raise OSError(errno.ENOSPC, "No space left on device", str(where))
-        return pq.write_table(table, where, **kwargs)
+    class ParquetWriter(pq.ParquetWriter):
+        def __init__(self, where, *args, **kwargs):
+            super().__init__(where, *args, **kwargs)
+            self.where = Path(where)
+
+        def close(self):
+            super().close()
+            if self.where.name.startswith(".snapshot-"):
+                self.where.write_bytes(b"PAR1" + b"\0" * 64)  # a partial file, as a full disk leaves
+                raise OSError(errno.ENOSPC, "No space left on device", str(self.where))
 
 
 def disk_full_at_commit(case, mode, members, store, tmp, monkeypatch) -> str:
-    monkeypatch.setattr(snapshot_module, "pq", _DiskFull())
+    monkeypatch.setattr(partitions_module, "pq", _DiskFull())
     try:
         run(case, mode, members, store, "r2", full=case.full_resync)
     except OSError as exc:
         assert exc.errno == errno.ENOSPC
         return "OSError ENOSPC at commit"
     finally:
-        monkeypatch.setattr(snapshot_module, "pq", pq)
+        monkeypatch.setattr(partitions_module, "pq", pq)
     raise AssertionError("the disk-full fault did not fire")
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from audience_pipelines.cli import main as cli
 from audience_pipelines.definitions import defs as load_defs
-from audience_pipelines.engine.dispatch import _Progress
+from audience_pipelines.engine.dispatch import Progress
 from audience_pipelines.engine.history import RunHistory, RunRecord
 from audience_pipelines.resources import open_history
 from audience_pipelines_tests.dagster_helpers import materialize, metadata, project_defs
@@ -156,13 +156,14 @@ def test_progress_reports_rows_rate_and_time_left():
         progress = staticmethod(lines.append)
         progress_interval_s = 0.0
 
-    progress = _Progress(total=3000, batches=3, options=Options)
+    progress = Progress(total=3000, options=Options)
     time = __import__("time")
     time.sleep(0.01)
-    progress.batch_done(1000, 1)
-    progress.finish(3000, True)
-    assert lines[0].startswith("sent 1,000/3,000 rows (33%) in 1/3 batches") and "rows/s" in lines[0]
-    assert "s left" in lines[0] and lines[1].startswith("sent 3,000/3,000 rows in")
+    progress.batch_done(1000)
+    progress.batch_done(2000)
+    progress.finish(True)
+    assert lines[0].startswith("sent 1,000/3,000 rows (33%), ") and "rows/s" in lines[0]
+    assert "s left" in lines[0] and lines[2].startswith("sent 3,000/3,000 rows in")
 
 
 def test_history_on_postgres(pg_schema):

@@ -4,7 +4,7 @@
 
 1. Withdrawals: the time to blank, in W rows being withdrawn, every identifier
    value one of N current members still sends (two hashed identifier columns),
-   as `engine.sync._withdrawals` does before a Meta removal or update.
+   as `engine.withdrawals` does before a Meta removal or update.
 2. Isolation: the extra requests a run spends finding K rows a platform counted
    as not applied without naming them, in one batch of B rows, through the
    dispatcher against an in-process destination; checks every one is found.
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from audience_pipelines.contract import Target  # noqa: E402
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncSpec, run_sync  # noqa: E402
 from audience_pipelines.engine.payload import Payload  # noqa: E402
-from audience_pipelines.engine.sync import _withdrawals  # noqa: E402
+from audience_pipelines.engine.withdrawals import StillSent, withdrawals  # noqa: E402
 from audience_pipelines_tests.memory_destination import MemoryDestination  # noqa: E402
 
 
@@ -47,7 +47,8 @@ def withdrawals(rows: int, withdrawn: int, repeat: int) -> None:
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        sent, silent = _withdrawals(payload, old, np.arange(withdrawn), ["EMAIL", "PHONE"])
+        still = StillSent.collect([old], [payload.table], payload.identifier_columns)
+        sent, silent = withdrawals(still, old, np.arange(withdrawn), payload.identifier_columns, ["EMAIL", "PHONE"])
         times.append(time.perf_counter() - start)
     blanked = sent["EMAIL"].null_count
     assert blanked == withdrawn // 2 and not silent.any(), (blanked, silent.sum())

@@ -115,7 +115,7 @@ class _Sent:
 class Dispatcher:
     def __init__(self, session: Session, max_batch_rows: int, sync: str, options, batch_size: int | None,
                  create_profiles: bool | None = None, parallel: int = 1,
-                 slots: threading.BoundedSemaphore | None = None):
+                 slots: threading.BoundedSemaphore | None = None, progress: Progress | None = None):
         self.session = session
         self.create_profiles = create_profiles
         self.sync = sync
@@ -125,6 +125,7 @@ class Dispatcher:
         self.parallel = max(1, parallel)
         self.slots = slots or threading.BoundedSemaphore(self.parallel)
         self._lock = threading.Lock()  # stats and the isolation budget, shared by batches in flight
+        self.progress = progress  # shared by the partitions of a run; else the run's own
 
     def run(self, ops: list[Operation]) -> Outcome:
         # Nothing is accepted until the destination says so.
@@ -137,7 +138,7 @@ class Dispatcher:
         outcome.rows_total = sum(len(op.positions) for op in sent_ops)
         batches = [(seq, op, lo) for seq, (op, lo) in enumerate(
             ((op, lo) for op in sent_ops for lo in range(0, len(op.positions), self.batch_size)), start=1)]
-        progress = _Progress(outcome.rows_total, len(batches), self.options)
+        progress = self.progress or Progress(outcome.rows_total, self.options)
         stop = threading.Event()  # a fatal error: batches not yet sending stay unsent
 
         def record(sent: _Sent | None, seq: int) -> None:
@@ -148,7 +149,7 @@ class Dispatcher:
                 return
             self._record(outcome, sent.op, sent.lo, sent.hi, sent.rows, sent.sent_at, sent.answer)
             outcome.rows_done += sent.hi - sent.lo
-            progress.batch_done(outcome.rows_done, seq)
+            progress.batch_done(sent.hi - sent.lo)
 
         def send(seq: int, op: Operation, lo: int) -> _Sent | None:
             hi = min(lo + self.batch_size, len(op.positions))
@@ -191,7 +192,8 @@ class Dispatcher:
                 if outcome.error is not None:
                     break
         self._finish(outcome, ops)
-        progress.finish(outcome.rows_done, outcome.error is None)
+        if self.progress is None:
+            progress.finish(outcome.error is None)
         return outcome
 
     def _record(self, outcome: Outcome, op: Operation, lo: int, hi: int, rows: pa.Table, sent_at: np.ndarray,
@@ -317,30 +319,31 @@ class _InLine:
         return future
 
 
-class _Progress:
-    """Logs rows done, rate and time left at most every `progress_interval_s` seconds."""
+class Progress:
+    """Logs rows sent, rate and time left at most every `progress_interval_s` seconds."""
 
-    def __init__(self, total: int, batches: int, options):
-        self.total, self.batches = total, batches
+    def __init__(self, total: int, options):
+        self.total, self.rows = total, 0
         self.emit = options.progress
         self.interval = options.progress_interval_s
         self.start = self.last = time.monotonic()
 
-    def batch_done(self, rows: int, seq: int) -> None:
+    def batch_done(self, rows: int) -> None:
+        self.rows += rows
         now = time.monotonic()
         if self.emit is None or now - self.last < self.interval:
             return
         self.last = now
         elapsed = now - self.start
-        rate = rows / elapsed if elapsed > 0 else 0.0
-        left = (self.total - rows) / rate if rate > 0 else float("nan")
-        self.emit(f"sent {rows:,}/{self.total:,} rows ({rows / self.total:.0%}) in {seq}/{self.batches} "
-                  f"batches, {rate:,.0f} rows/s, about {left:,.0f}s left")
+        rate = self.rows / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.rows) / rate if rate > 0 else float("nan")
+        self.emit(f"sent {self.rows:,}/{self.total:,} rows ({self.rows / max(1, self.total):.0%}), "
+                  f"{rate:,.0f} rows/s, about {left:,.0f}s left")
 
-    def finish(self, rows: int, ok: bool) -> None:
+    def finish(self, ok: bool) -> None:
         if self.emit is None or self.total == 0:
             return
         elapsed = time.monotonic() - self.start
-        rate = rows / elapsed if elapsed > 0 else 0.0
+        rate = self.rows / elapsed if elapsed > 0 else 0.0
         word = "sent" if ok else "stopped after"
-        self.emit(f"{word} {rows:,}/{self.total:,} rows in {elapsed:,.1f}s ({rate:,.0f} rows/s)")
+        self.emit(f"{word} {self.rows:,}/{self.total:,} rows in {elapsed:,.1f}s ({rate:,.0f} rows/s)")

@@ -44,11 +44,13 @@ def build_payload(
     fields: dict[str, str],
     default_region: str | None = None,
     region_column: str | None = None,
+    rows: int | None = None,
 ) -> Payload:
     """Normalise identifiers, apply the platform's form and hashes, hash rows.
 
     Rows the destination cannot use (no usable identifier where one is needed)
-    are set aside and counted, never dropped silently.
+    are set aside and counted, never dropped silently. `rows`: the whole audience's size, when
+    `members` is one partition of it (errors name the audience's size).
     """
     n = members.num_rows
     wanted = {KEY: "key", **{c: f"identifier '{k}'" for k, c in identifiers.items()},
@@ -60,7 +62,7 @@ def build_payload(
         raise SyncInputError(
             f"sync '{sync}': the audience has no column "
             + ", ".join(f"'{c}' (mapped as {wanted[c]})" for c in missing)
-            + f"; it has {n} rows with columns {members.column_names}"
+            + f"; it has {n if rows is None else rows} rows with columns {members.column_names}"
         )
     unsupported = sorted(set(identifiers) - destination.capabilities.identifier_kinds)
     if unsupported:

@@ -75,7 +75,8 @@ def preview_sync(spec: SyncSpec, members: pa.Table, destination: Destination, st
         spec, payload, members, destination, store, options, old, audience_changed, False, audience_id, notes)
     blocked, guard = False, _guard_text(spec, len(plan.remove), old.num_rows, options)
     try:
-        _guard_mass_removal(spec, plan, old.num_rows, options, result)
+        _guard_mass_removal(spec, len(plan.remove), old.num_rows,
+                            len(plan.add) + len(plan.update_new) + len(plan.unchanged_new), options, result)
     except MassRemovalBlocked as exc:
         blocked, guard = True, f"would block the run: {exc}"
     ops = _operations(spec, plan, payload, old, full, result,

@@ -2,7 +2,8 @@
 
 Layout under `<root>/<sync>/`:
   manifest.json          the commit point: names the current snapshot file
-  snapshot-<run>.parquet what was accepted, as sent, with key_hash and row_hash
+  snapshot-<run>.parquet what was accepted, as sent, with key_hash and row_hash, clustered by
+                         key-hash partition (engine.partitions) so a run reads one partition at a time
   pending.parquet        rows sent (or about to be) whose outcome is not known yet
   session.json           the state of a destination session (a job, a replace) not yet finished
   runs/<run>/rejected.parquet
@@ -27,8 +28,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from audience_pipelines.engine.errors import SyncAlreadyRunning
+from audience_pipelines.engine.partitions import ClusteredFile, ClusteredWriter, partition_bits, write_clustered
 
-FORMAT_VERSION = 1
+# 2: snapshot files clustered by key-hash partition. A version 1 file (not clustered) still reads,
+# partition by partition, and the next commit rewrites it clustered: no resend is needed.
+FORMAT_VERSION = 2
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -85,17 +89,25 @@ class SnapshotStore:
         path = self.snapshot_path()
         return pq.read_schema(path) if path else None
 
-    def commit(self, table: pa.Table | None, manifest: Manifest) -> None:
-        """Make `table` the snapshot (None keeps the current file) and record the run."""
+    def snapshot_file(self) -> ClusteredFile | None:
+        path = self.snapshot_path()
+        return ClusteredFile(path) if path else None
+
+    def snapshot_writer(self, run_id: str, schema: pa.Schema, bits: int) -> ClusteredWriter:
+        """A new snapshot written partition by partition; `commit(writer, ...)` makes it current."""
+        return ClusteredWriter(self.dir / f"snapshot-{_SAFE.sub('_', run_id)}.parquet", schema, bits)
+
+    def commit(self, table: pa.Table | ClusteredWriter | None, manifest: Manifest) -> None:
+        """Make `table` (or what a snapshot writer wrote) the snapshot, None keeping the current file,
+        and record the run."""
         self.dir.mkdir(parents=True, exist_ok=True)
         previous = self.manifest()
-        if table is not None:
+        if isinstance(table, ClusteredWriter):
+            manifest.snapshot_file = table.close().name
+            manifest.rows = table.rows
+        elif table is not None:
             name = f"snapshot-{_SAFE.sub('_', manifest.run_id)}.parquet"
-            tmp = self.dir / f".{name}.tmp"
-            pq.write_table(table, tmp, compression="zstd", compression_level=1)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.dir / name)
+            write_clustered(table, self.dir / name, partition_bits(table.num_rows))
             manifest.snapshot_file = name
             manifest.rows = table.num_rows
         elif previous is not None:
@@ -116,9 +128,22 @@ class SnapshotStore:
     def read_pending(self) -> pa.Table | None:
         """Rows whose fate at the destination is unknown (a run died, or a batch got no answer)."""
         try:
-            return pq.read_table(self.pending_path)
+            table = pq.read_table(self.pending_path)
         except FileNotFoundError:
             return None
+        return table if table.num_rows else None
+
+    def close_pending(self, writer: ClusteredWriter) -> ClusteredFile | None:
+        """Make what `writer` wrote the journal; an empty one leaves no journal."""
+        path = writer.close()
+        if writer.rows == 0:
+            path.unlink(missing_ok=True)
+            return None
+        return ClusteredFile(path)
+
+    def pending_writer(self, schema: pa.Schema, bits: int) -> ClusteredWriter:
+        """The journal written partition by partition; it replaces the current one when closed."""
+        return ClusteredWriter(self.pending_path, schema, bits)
 
     def write_pending(self, table: pa.Table | None) -> None:
         if table is None or table.num_rows == 0:

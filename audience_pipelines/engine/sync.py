@@ -19,10 +19,14 @@ from audience_pipelines.contract import (
 from audience_pipelines.contract.fields import FieldsRefused
 from audience_pipelines.engine.audiences import AudienceRegistry, open_audience
 from audience_pipelines.engine.diff import DiffPlan, plan_diff
-from audience_pipelines.engine.dispatch import Dispatcher, Operation, Outcome, account_slots
+from audience_pipelines.engine.dispatch import Dispatcher, Operation, Outcome, Progress, account_slots
 from audience_pipelines.engine.errors import ConfigError, MassRemovalBlocked, SyncAborted
 from audience_pipelines.engine.payload import SAMPLE, Payload, build_payload
+from audience_pipelines.engine.partitions import (
+    PARTITION_ROWS, ClusteredFile, ClusteredWriter, TableSource, partition_bits, split,
+)
 from audience_pipelines.engine.snapshot import Manifest, SnapshotStore
+from audience_pipelines.engine.withdrawals import StillSent, withdrawals
 
 MODES = ("mirror", "additive", "subtractive")
 REMOVALS = ("remove", "do_nothing")
@@ -88,6 +92,8 @@ class RunOptions:
     registry: AudienceRegistry | None = None
     # Batches in flight at once; default: the destination's `parallel_batches`, at most its maximum.
     parallel_batches: int | None = None
+    # Members per key-hash partition: a run holds about one partition's payload and snapshot at a time.
+    partition_rows: int = PARTITION_ROWS
 
 
 @dataclass
@@ -167,18 +173,26 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 def run_sync(
     spec: SyncSpec,
-    members: pa.Table,
+    members: pa.Table | ClusteredFile,
     destination: Destination,
     store: SnapshotStore,
     options: RunOptions,
 ) -> SyncResult:
-    """Run one sync. Raises MassRemovalBlocked before sending, SyncAborted after a partial commit."""
+    """Run one sync. Raises MassRemovalBlocked before sending, SyncAborted after a partial commit.
+
+    `members` is the membership as a table, or its Parquet file (read one partition at a time).
+    The run goes over key-hash partitions twice: first it shapes each partition's payload (staged
+    on disk), diffs it and journals what it will send, so the mass-removal guard and the values
+    still sent are known for the whole audience before anything leaves; then it sends and writes
+    the next snapshot partition by partition, and one manifest switch commits them all.
+    """
     if spec.target_column:
         raise ConfigError(f"sync '{spec.name}': a target named by a column runs through engine.targets.run_by_column")
     started = time.monotonic()
     with store.lock(options.run_id):
-        payload = build_payload(spec.name, members, destination, spec.identifiers, spec.fields,
-                                spec.default_region, spec.region_column)
+        source = members if isinstance(members, ClusteredFile) else TableSource(members)
+        shape = build_payload(spec.name, source.schema.empty_table(), destination, spec.identifiers, spec.fields,
+                              spec.default_region, spec.region_column, rows=source.rows)
         notes: list[str] = []
         registry = options.registry or AudienceRegistry(store.root / REGISTRY_DIR)
         manifest = store.manifest()
@@ -186,72 +200,117 @@ def run_sync(
         if spec.keep_target and manifest and manifest.destination_audience_id:
             target = Target(id=manifest.destination_audience_id)
         try:
-            fields = {c: payload.table.schema.field(c).type for c in payload.field_columns} if spec.sends_adds else {}
+            fields = {c: shape.table.schema.field(c).type for c in shape.field_columns} if spec.sends_adds else {}
             audience_id = open_audience(destination, target, registry, spec.name, options.run_id, notes, fields)
         except FieldsRefused as exc:
             named = [f"'{f}' from column '{c}'" for f, c in spec.fields.items() if f"field '{f}'" in str(exc)]
-            raise FieldsRefused(f"sync '{spec.name}': {exc} (mapped: {', '.join(named)}; {len(members):,} "
+            raise FieldsRefused(f"sync '{spec.name}': {exc} (mapped: {', '.join(named)}; {source.rows:,} "
                                 f"member(s) not sent; the snapshot is unchanged)", status=exc.status) from exc
         except DestinationError as exc:  # nothing was sent: every failure here stops the run
             kind = type(exc) if isinstance(exc, TerminalError) else TerminalError
             raise kind(f"sync '{spec.name}': could not open the destination audience "
                        f"({target.describe()}): {exc}", status=exc.status) from exc
-        old, audience_changed = _held(spec, store, manifest, audience_id, notes)
+        held, audience_changed = _held_file(spec, store, manifest, audience_id, notes)
         replace_again, resume = _recover_session(destination, store, audience_id, audience_changed, notes)
-        old, pending, plan, first_run, full, replace, result = _plan(
-            spec, payload, members, destination, store, options, old, audience_changed, replace_again,
-            audience_id, notes)
-        _guard_mass_removal(spec, plan, old.num_rows, options, result)
-        ops = _operations(spec, plan, payload, old, full, result,
-                          [] if replace else _match_columns(spec, destination), replace)
+        first_run = held is None
+        full = options.full_resync or replace_again
+        # A replace session takes the whole audience in one session: one partition.
+        may_replace = (full and not first_run and destination.capabilities.replaces_audience
+                       and spec.mode == "mirror" and spec.sends_removes)
+        bits = 0 if may_replace else partition_bits(max(source.rows, held.rows if held else 0),
+                                                    options.partition_rows)
+        parts = _Partitions(spec, source, destination, shape, held, store.read_pending() if not audience_changed
+                            else None, bits, store.dir / f".payload-{_file_safe(options.run_id)}.parquet")
+        if parts.pending is not None:
+            notes.append(f"{parts.pending.num_rows} rows from an interrupted run are sent again")
+        match_columns = [] if may_replace else _match_columns(spec, destination)
+        try:
+            planned = parts.plan_all(store, match_columns, full, may_replace)
+            replace = may_replace and planned.payload_rows > 0
+            result = SyncResult(
+                sync=spec.name, run_id=options.run_id,
+                run_kind=FIRST_RUN if first_run else FULL_RESEND if full else DIFF,
+                sync_mode=spec.mode, destination_audience_id=audience_id or "",
+                membership_rows=source.rows, set_aside=planned.set_aside, held_before=planned.held,
+                set_aside_sample=planned.set_aside_sample, invalid_identifiers=planned.invalid,
+                invalid_identifiers_set_aside=planned.invalid_set_aside, notes=notes, replaced=replace)
+            _guard_mass_removal(spec, planned.removes, planned.held, planned.kept, options, result)
+            still = StillSent.collect(planned.withdrawn, parts.payloads(shape.identifier_columns + [KEY, RECORD_ID]),
+                                      shape.identifier_columns) if match_columns else StillSent()
+        except BaseException:
+            parts.abandon()
+            raise
         # Journal what is about to be sent: if this run dies, the next one resends it.
-        journal = _journal(ops, pending)
-        store.write_pending(journal)
-        outcome = _dispatch(spec, destination, store, audience_id, ops, options, replace,
-                            resume if replace else None)
-        _count(result, ops, outcome)
-        if replace:  # rows a replace did not carry are gone from the audience, whatever they were
-            _drop_unreplaced(ops, outcome)
-        result.destination_stats = outcome.stats
-        result.errors_sample = outcome.rejections[:SAMPLE]
-        result.skipped_sample = outcome.skipped_sample
-        if outcome.rejections:
-            keys = [r["key"] for r in outcome.rejections]
-            result.rejected_path = str(store.write_rejections(options.run_id, pa.table({
-                "key": pa.array(keys, pa.string()),
-                "operation": [r["operation"] for r in outcome.rejections],
-                "reason": [r["reason"] for r in outcome.rejections],
-            })))
-        new = _with_record_ids(payload.table, ops, outcome)
-        snapshot = _next_snapshot(new, old, ops, outcome.accepted)
-        # Rows marked unknown from the journal must be persisted as unknown, even when rejected.
-        changed = first_run or pending is not None or replace or RECORD_ID in new.column_names or any(
-            int(a.sum()) for name, a in outcome.accepted.items() if name != "resend")
-        store.commit(snapshot if changed else None, Manifest(
-            sync=spec.name, snapshot_file=None, run_id=options.run_id,
-            committed_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            rows=0, destination_audience_id=audience_id, config_fingerprint=spec.fingerprint(),
-            counts={"added": result.added, "removed": result.removed, "updated": result.updated,
-                    "resent": result.resent, "failed": result.failed},
-        ))
-        store.write_pending(_unanswered(journal, ops, outcome.answered))
+        journal = parts.commit_journal(store)
+        run = _Run(spec, destination, store, audience_id, options, replace, resume if replace else None,
+                   Progress(planned.to_send, options))
+        writer = store.snapshot_writer(options.run_id, parts.schema, bits)
+        unanswered = store.pending_writer(parts.schema, bits)
+        changed = first_run or parts.pending is not None or replace or RECORD_ID in parts.schema.names
+        try:
+            for p in range(1 << bits):
+                part = parts.prepare(p, sent=run.error is None and not run.held_back)
+                journal_p = journal.read(p, bits) if journal is not None else None
+                if part.payload is None:  # not sent this run: held as it was, still journalled
+                    writer.write(p, part.old)
+                    if journal_p is not None:
+                        unanswered.write(p, journal_p)
+                    continue
+                ops = _operations(spec, part.plan, part.payload, part.old, full, result, match_columns, replace,
+                                  still)
+                outcome = run.send(ops, last=p == (1 << bits) - 1)
+                _count(result, ops, outcome)
+                if replace:  # rows a replace did not carry are gone from the audience, whatever they were
+                    _drop_unreplaced(ops, outcome)
+                new = _with_record_ids(part.payload.table, ops, outcome)
+                writer.write(p, _next_snapshot(new, part.old, ops, outcome.accepted))
+                left = _unanswered(journal_p, ops, outcome.answered)
+                if left is not None:
+                    unanswered.write(p, left)
+                changed = changed or any(int(a.sum()) for name, a in outcome.accepted.items() if name != "resend")
+            parts.abandon()
+            run.progress.finish(run.error is None)
+            result.destination_stats = run.stats
+            result.errors_sample = run.rejections[:SAMPLE]
+            result.skipped_sample = run.skipped_sample
+            if run.rejections:
+                result.rejected_path = str(store.write_rejections(options.run_id, pa.table({
+                    "key": pa.array([r["key"] for r in run.rejections], pa.string()),
+                    "operation": [r["operation"] for r in run.rejections],
+                    "reason": [r["reason"] for r in run.rejections],
+                })))
+            if not changed:
+                writer.abandon()
+            # Rows marked unknown from the journal must be persisted as unknown, even when rejected.
+            store.commit(writer if changed else None, Manifest(
+                sync=spec.name, snapshot_file=None, run_id=options.run_id,
+                committed_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                rows=0, destination_audience_id=audience_id, config_fingerprint=spec.fingerprint(),
+                counts={"added": result.added, "removed": result.removed, "updated": result.updated,
+                        "resent": result.resent, "failed": result.failed},
+            ))
+        except BaseException:
+            writer.abandon()
+            unanswered.abandon()
+            parts.abandon()
+            raise
+        store.close_pending(unanswered)
         # Settled, unless it is a replace cut short, or one left open earlier that this run did not
         # carry on (the sync's mode changed): those stay journalled for the next run.
-        if outcome.finish is not None and outcome.finish.status != "unknown" and not (
-                replace and outcome.error is not None) and not (replace_again and not replace):
+        if run.settled and not (replace and run.error is not None) and not (replace_again and not replace):
             store.write_session(None)
         result.snapshot_rows = store.manifest().rows
-        if outcome.finish is not None and outcome.finish.status == "unknown" and outcome.error is None:
+        if run.unfinished is not None and run.error is None:
             notes.append(f"the destination has not finished applying this run's changes "
-                         f"({outcome.finish.reason or 'still running'}); the next run settles them")
-        if outcome.error is not None:
+                         f"({run.unfinished or 'still running'}); the next run settles them")
+        if run.error is not None:
             result.duration_s = time.monotonic() - started
             raise SyncAborted(
-                f"sync '{spec.name}' stopped after {outcome.rows_done} of {outcome.rows_total} rows: "
-                f"{outcome.error}. What the destination accepted before that was committed "
+                f"sync '{spec.name}' stopped after {run.rows_done} of {planned.to_send} rows: "
+                f"{run.error}. What the destination accepted before that was committed "
                 f"(added {result.added}, removed {result.removed}, updated {result.updated}); "
                 "the next run sends the rest.", result=result,
-            ) from outcome.error
+            ) from run.error
         try:
             report = audience_report(destination, audience_id, result.snapshot_rows)
         except Exception as exc:  # a read-back is informative only
@@ -263,8 +322,174 @@ def run_sync(
     return result
 
 
+def _file_safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in text)
+
+
+@dataclass
+class _Planned:
+    """What the first pass over the partitions found, for the whole audience."""
+
+    held: int = 0
+    removes: int = 0
+    kept: int = 0  # members the audience keeps: adds, updates and unchanged
+    payload_rows: int = 0
+    to_send: int = 0
+    set_aside: int = 0
+    set_aside_sample: list[dict] = field(default_factory=list)
+    invalid: dict[str, int] = field(default_factory=dict)
+    invalid_set_aside: dict[str, int] = field(default_factory=dict)
+    withdrawn: list[pa.Table] = field(default_factory=list)  # snapshot rows leaving a platform matching on them
+
+
+@dataclass
+class _Part:
+    old: pa.Table  # what is held, with rows of an interrupted run marked unknown
+    payload: Payload | None = None  # None: the partition is not sent this run
+    plan: DiffPlan | None = None
+
+
+class _Partitions:
+    """The run's key-hash partitions: payloads shaped once (staged on disk when there are several),
+    what is held, and the journal."""
+
+    def __init__(self, spec: SyncSpec, source, destination: Destination, shape: Payload,
+                 held: ClusteredFile | None, pending: pa.Table | None, bits: int, stage_path):
+        self.spec, self.source, self.destination, self.shape = spec, source, destination, shape
+        self.held, self.bits = held, bits
+        self.schema = shape.table.schema
+        self.pending = _conform(pending, self.schema) if pending is not None else None
+        self._pending_parts = split(self.pending, bits) if self.pending is not None else None
+        self._stage = ClusteredWriter(stage_path, self.schema, bits) if bits else None
+        self._staged: ClusteredFile | None = None
+        self._kept: _Part | None = None  # one partition: kept in memory between the passes
+        self._journal: ClusteredWriter | None = None
+
+    def _old(self, p: int) -> pa.Table:
+        old = _conform(self.held.read(p, self.bits), self.schema) if self.held else self.schema.empty_table()
+        if self._pending_parts is not None:
+            old = _with_uncertain(old, self._pending_parts[p])
+        return old
+
+    def _shaped(self, p: int) -> Payload:
+        spec = self.spec
+        return build_payload(spec.name, self.source.read(p, self.bits), self.destination, spec.identifiers,
+                             spec.fields, spec.default_region, spec.region_column, rows=self.source.rows)
+
+    def prepare(self, p: int, sent: bool = True) -> _Part:
+        """Partition p as the second pass sends it (the first pass shaped its payload)."""
+        if self._kept is not None:
+            return self._kept if sent else _Part(self._kept.old)
+        old = self._old(p)
+        if not sent:
+            return _Part(old)
+        payload = Payload(self._staged.read(p, self.bits), self.shape.identifier_columns, self.shape.field_columns)
+        return _Part(old, payload, plan_diff(payload.table, old))
+
+    def plan_all(self, store: SnapshotStore, match_columns: list[str], full: bool, replace: bool) -> _Planned:
+        """First pass: shape, diff and journal every partition; nothing is sent."""
+        spec, planned = self.spec, _Planned()
+        self._journal = store.pending_writer(self.schema, self.bits)
+        for p in range(1 << self.bits):
+            payload, old = self._shaped(p), self._old(p)
+            plan = plan_diff(payload.table, old)
+            if RECORD_ID in self.schema.names:  # members already held keep the platform's record id
+                payload.table = _with_old_record_ids(payload.table, old, plan)
+            planned.held += old.num_rows
+            planned.removes += len(plan.remove)
+            planned.kept += len(plan.add) + len(plan.update_new) + len(plan.unchanged_new)
+            planned.payload_rows += payload.table.num_rows
+            planned.set_aside += payload.set_aside
+            planned.set_aside_sample += payload.set_aside_samples[:SAMPLE - len(planned.set_aside_sample)]
+            for kind, n in payload.invalid_identifiers.items():
+                planned.invalid[kind] = planned.invalid.get(kind, 0) + n
+            for kind, n in payload.invalid_identifiers_set_aside.items():
+                planned.invalid_set_aside[kind] = planned.invalid_set_aside.get(kind, 0) + n
+            journal = _journal_rows(spec, plan, payload.table, old, self._pending_parts[p]
+                                    if self._pending_parts is not None else None)
+            planned.to_send += (len(plan.remove) if spec.sends_removes and not replace else 0) + (
+                len(plan.add) + len(plan.update_new) + (len(plan.unchanged_new) if full else 0)
+                if spec.sends_adds else 0)
+            self._journal.write(p, journal)
+            if match_columns:
+                leaving = [plan.remove] if spec.sends_removes else []
+                leaving += [plan.update_old] if spec.sends_adds else []
+                planned.withdrawn.append(old.take(pa.array(np.concatenate(leaving) if leaving else [], pa.int64())))
+            if self._stage is not None:
+                self._stage.write(p, payload.table)
+            else:
+                self._kept = _Part(old, payload, plan)
+        if self._stage is not None:
+            self._staged = ClusteredFile(self._stage.close())
+        return planned
+
+    def payloads(self, columns: list[str]):
+        """Every partition's payload, one at a time."""
+        if self._kept is not None:
+            yield self._kept.payload.table
+            return
+        for p in range(1 << self.bits):
+            yield self._staged.read(p, self.bits, [c for c in columns if c in self.schema.names])
+
+    def commit_journal(self, store: SnapshotStore) -> ClusteredFile | None:
+        journal, self._journal = self._journal, None
+        return store.close_pending(journal)
+
+    def abandon(self) -> None:
+        """Drop the staged payloads, and the journal unless it was committed."""
+        if self._journal is not None:
+            self._journal.abandon()
+            self._journal = None
+        if self._stage is not None:
+            if self._staged is None:
+                self._stage.abandon()
+            self._stage.path.unlink(missing_ok=True)
+
+
+class _Run:
+    """The second pass's sending: one destination session per partition (one in all for a replace)."""
+
+    def __init__(self, spec: SyncSpec, destination: Destination, store: SnapshotStore, audience_id: str,
+                 options: RunOptions, replace: bool, resume: dict | None, progress: Progress):
+        self.spec, self.destination, self.store, self.audience_id = spec, destination, store, audience_id
+        self.options, self.replace, self.resume, self.progress = options, replace, resume, progress
+        self.error: BaseException | None = None
+        self.held_back = False  # a session not finished yet: later partitions wait for the next run
+        self.unfinished: str | None = None
+        self.settled = True
+        self.rows_done = 0
+        self.stats: dict[str, int] = {}
+        self.rejections: list[dict] = []
+        self.skipped_sample: list[dict] = []
+
+    def send(self, ops: list[Operation], last: bool) -> Outcome:
+        outcome = _dispatch(self.spec, self.destination, self.store, self.audience_id, ops, self.options,
+                            self.replace, self.resume, self.progress)
+        self.resume = None
+        self.rows_done += outcome.rows_done
+        for k, v in outcome.stats.items():
+            self.stats[k] = self.stats.get(k, 0) + v
+        self.rejections += outcome.rejections
+        self.skipped_sample += outcome.skipped_sample[:10 - len(self.skipped_sample)]
+        self.error = self.error or outcome.error
+        self.settled = outcome.finish is not None and outcome.finish.status != "unknown"
+        if outcome.finish is not None and outcome.finish.status == "unknown":
+            self.unfinished = outcome.finish.reason
+            self.held_back = True  # later partitions wait for the next run, which settles this session
+        elif self.settled and not last and self.error is None:
+            self.store.write_session(None)  # the next partition opens its own session
+        return outcome
+
+
 def _held(spec: SyncSpec, store: SnapshotStore, manifest: Manifest | None, audience_id: str | None,
           notes: list[str]) -> tuple[pa.Table | None, bool]:
+    """As `_held_file`, read whole."""
+    held, changed = _held_file(spec, store, manifest, audience_id, notes)
+    return (held.file.read() if held is not None else None), changed
+
+
+def _held_file(spec: SyncSpec, store: SnapshotStore, manifest: Manifest | None, audience_id: str | None,
+               notes: list[str]) -> tuple[ClusteredFile | None, bool]:
     """What the destination audience holds as far as the snapshot knows (None: nothing sent yet), and
     whether the sync now writes another audience than the snapshot's."""
     if not (manifest and manifest.snapshot_file):
@@ -275,7 +500,7 @@ def _held(spec: SyncSpec, store: SnapshotStore, manifest: Manifest | None, audie
                      "the new audience gets the full membership and the old one is left as it is")
     if manifest.config_fingerprint != spec.fingerprint():
         notes.append("sync configuration changed since the last run")
-    return (None if changed else store.read()), changed
+    return (None if changed else store.snapshot_file()), changed
 
 
 def _plan(spec: SyncSpec, payload: Payload, members: pa.Table, destination: Destination, store: SnapshotStore,
@@ -349,7 +574,8 @@ def _recover_session(destination: Destination, store: SnapshotStore, audience_id
 
 
 def _dispatch(spec: SyncSpec, destination: Destination, store: SnapshotStore, audience_id: str,
-              ops: list[Operation], options: RunOptions, replace: bool, resume: dict | None) -> Outcome:
+              ops: list[Operation], options: RunOptions, replace: bool, resume: dict | None,
+              progress: Progress | None = None) -> Outcome:
     def save_state(state: dict) -> None:
         store.write_session({"run_id": options.run_id, "audience_id": audience_id, "replace": replace,
                              "state": state})
@@ -363,7 +589,7 @@ def _dispatch(spec: SyncSpec, destination: Destination, store: SnapshotStore, au
     dispatcher = Dispatcher(session, caps.max_batch_rows, spec.name, options, spec.batch_size,
                             spec.create_profiles, parallel=parallel,
                             slots=account_slots(f"{destination.type_name}:{destination.account()}",
-                                                caps.max_parallel_batches))
+                                                caps.max_parallel_batches), progress=progress)
     return dispatcher.run(ops)
 
 
@@ -443,13 +669,19 @@ def _last_per_key(table: pa.Table) -> pa.Table:
     return table.take(last)
 
 
-def _journal(ops: list[Operation], pending: pa.Table | None) -> pa.Table | None:
-    parts = [op.table.take(pa.array(op.positions, pa.int64())) for op in ops if op.name != "resend"]
-    if pending is not None:
+def _journal_rows(spec: SyncSpec, plan: DiffPlan, new: pa.Table, old: pa.Table,
+                  pending: pa.Table | None) -> pa.Table:
+    """The rows a run is about to send (resends aside: already held), plus rows still of unknown fate."""
+    parts = []
+    if spec.sends_removes:
+        parts.append(old.take(pa.array(plan.remove, pa.int64())))
+    if spec.sends_adds:
+        parts += [new.take(pa.array(plan.update_new, pa.int64())), new.take(pa.array(plan.add, pa.int64()))]
+    if pending is not None and pending.num_rows:
         planned = pa.concat_arrays([p[KEY].combine_chunks() for p in parts]) if parts else pa.array([], pa.string())
         parts.append(pending.filter(pc.invert(pc.is_in(pending[KEY], value_set=planned))))
-    parts = [p for p in parts if p.num_rows]
-    return pa.concat_tables(parts) if parts else None
+    parts = [p.select(old.schema.names).cast(old.schema) for p in parts if p.num_rows]
+    return pa.concat_tables(parts) if parts else old.schema.empty_table()
 
 
 def _unanswered(journal: pa.Table | None, ops: list[Operation], answered: dict[str, np.ndarray]) -> pa.Table | None:
@@ -472,9 +704,11 @@ def _match_columns(spec: SyncSpec, destination: Destination) -> list[str]:
     return strong or [destination.identifier_column(k) for k in spec.identifiers]
 
 
-def _guard_mass_removal(spec: SyncSpec, plan: DiffPlan, held: int, options: RunOptions,
+def _guard_mass_removal(spec: SyncSpec, removes: int, held: int, kept: int, options: RunOptions,
                         result: SyncResult) -> None:
-    removes = len(plan.remove)
+    """Stop before anything is sent when the run would remove more than the sync allows.
+
+    `kept`: members the audience keeps (adds, updates and unchanged)."""
     if not spec.sends_removes or held == 0 or options.allow_mass_removal:
         return
     share = removes / held
@@ -482,53 +716,30 @@ def _guard_mass_removal(spec: SyncSpec, plan: DiffPlan, held: int, options: RunO
         raise MassRemovalBlocked(
             f"sync '{spec.name}' would remove {removes} of the {held} members the destination holds "
             f"({share:.0%}), more than its mass-removal guard allows ({spec.max_removal_share:.0%}); "
-            f"the audience now has {plan.counts['adds'] + plan.counts['updates'] + plan.counts['unchanged']} "
-            f"rows. Nothing was sent and the snapshot is unchanged. If the removal is intended, "
+            f"the audience now has {kept} rows. Nothing was sent and the snapshot is unchanged. If the removal is intended, "
             f"{options.allow_mass_removal_hint}.",
             removes=removes, held=held, limit=spec.max_removal_share, result=result,
         )
 
 
-def _withdrawals(payload: Payload, old: pa.Table, positions: np.ndarray,
-                 match_columns: list[str]) -> tuple[pa.Table, np.ndarray]:
-    """Snapshot rows as they may be withdrawn from a platform that matches on identifiers.
-
-    Every identifier value some current member still sends is blanked, so the
-    withdrawal cannot take that member out too; a row left with no value the
-    platform matches on, or whose platform record a current member holds, is
-    not sent at all (the second array marks those).
-    """
-    rows = old.take(pa.array(positions, pa.int64()))
-    if rows.num_rows == 0:
-        return rows, np.zeros(0, dtype=bool)
-    for c in payload.identifier_columns:
-        # Probe the (large) payload against the (small) withdrawals, not the other way round.
-        sent = payload.table[c]
-        still = pc.unique(sent.filter(pc.is_in(sent, value_set=rows[c].combine_chunks(), skip_nulls=True)))
-        shared = pc.is_in(rows[c], value_set=still, skip_nulls=True)
-        blanked = pc.if_else(shared, pa.scalar(None, rows.schema.field(c).type), rows[c])
-        rows = rows.set_column(rows.column_names.index(c), c, blanked)
-    left = np.zeros(rows.num_rows, dtype=bool)
-    for c in match_columns:
-        left |= np.asarray(rows[c].is_valid(), dtype=bool)
-    if RECORD_ID in rows.column_names and RECORD_ID in payload.table.column_names:
-        # A platform record (a CRM profile) another current member still holds is theirs too: never withdrawn.
-        table = payload.table
-        others = table.filter(pc.invert(pc.is_in(table[KEY], value_set=rows[KEY].combine_chunks())))
-        held = others[RECORD_ID].drop_null().combine_chunks()
-        left &= ~np.asarray(pc.is_in(rows[RECORD_ID], value_set=held).fill_null(False), dtype=bool)
-    return rows, ~left
-
-
 def _operations(spec: SyncSpec, plan: DiffPlan, payload: Payload, old: pa.Table, full: bool,
-                result: SyncResult, match_columns: list[str], replace: bool) -> list[Operation]:
+                result: SyncResult, match_columns: list[str], replace: bool,
+                still: StillSent | None = None) -> list[Operation]:
+    """The run's operations; `still`: identifier values still sent across the whole membership
+    (default: found in this payload, when it is the whole membership)."""
     ops: list[Operation] = []
     new = payload.table
+    if match_columns and still is None:
+        leaving = [plan.remove] if spec.sends_removes else []
+        leaving += [plan.update_old] if spec.sends_adds else []
+        still = StillSent.collect([old.take(pa.array(np.concatenate(leaving), pa.int64()))] if leaving else [],
+                                  [new], payload.identifier_columns)
     if spec.sends_removes:
         # A replace session drops departed members when it closes: nothing to send for them.
         remove = Operation("remove", "removed", plan.remove, old, implicit=replace)
         if match_columns:
-            remove.sent, remove.silent = _withdrawals(payload, old, plan.remove, match_columns)
+            remove.sent, remove.silent = withdrawals(still, old, plan.remove, payload.identifier_columns,
+                                                     match_columns)
         ops.append(remove)
     else:
         result.skipped += len(plan.remove)
@@ -536,8 +747,8 @@ def _operations(spec: SyncSpec, plan: DiffPlan, payload: Payload, old: pa.Table,
         update = Operation("update", "updated", plan.update_new, new, previous_positions=plan.update_old,
                            previous_sent=None if replace else old.take(pa.array(plan.update_old, pa.int64())))
         if match_columns:
-            update.previous_sent, update.previous_silent = _withdrawals(payload, old, plan.update_old,
-                                                                         match_columns)
+            update.previous_sent, update.previous_silent = withdrawals(still, old, plan.update_old,
+                                                                       payload.identifier_columns, match_columns)
         ops.append(update)
         ops.append(Operation("add", "added", plan.add, new))
         if full:

@@ -1,0 +1,171 @@
+"""Parquet files clustered by key-hash partition, so a run reads one partition at a time.
+
+A member's partition is the top `bits` bits of its key hash. A clustered file holds each
+partition in its own row groups, in partition order; the key_hash column's row-group
+statistics say which partition a group holds, so no separate index is needed. A file written
+at another level, or not clustered at all (written before partitions existed), still reads
+correctly: a group spanning several partitions is read and filtered.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from audience_pipelines.contract.columns import KEY, KEY_HASH
+
+PARTITION_ROWS = 1_000_000  # members per partition a run aims for: memory is bounded by a few of them
+MAX_BITS = 10
+ROW_GROUP_ROWS = 256 * 1024
+
+
+def partition_bits(rows: int, partition_rows: int = PARTITION_ROWS) -> int:
+    """The level (2**bits partitions) that keeps partitions near `partition_rows` members."""
+    if rows <= partition_rows:
+        return 0
+    return min(MAX_BITS, math.ceil(math.log2(rows / partition_rows)))
+
+
+def partition_of(kh: np.ndarray, bits: int) -> np.ndarray:
+    if bits == 0:
+        return np.zeros(len(kh), dtype=np.int64)
+    return (np.asarray(kh, dtype=np.uint64) >> np.uint64(64 - bits)).astype(np.int64)
+
+
+def key_hashes(table: pa.Table) -> np.ndarray:
+    if KEY_HASH in table.column_names:
+        return np.asarray(table[KEY_HASH].to_numpy(), dtype=np.uint64)
+    from audience_pipelines.engine.hashing import key_hash
+    return key_hash(table[KEY])
+
+
+def split(table: pa.Table, bits: int) -> list[pa.Table]:
+    """The table's rows of each partition, in partition order (row order kept within one)."""
+    if bits == 0:
+        return [table]
+    part = partition_of(key_hashes(table), bits)
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange((1 << bits) + 1))
+    ordered = table.take(pa.array(order, pa.int64()))
+    return [ordered.slice(bounds[p], bounds[p + 1] - bounds[p]) for p in range(1 << bits)]
+
+
+class TableSource:
+    """A membership table in memory, read partition by partition like a clustered file."""
+
+    def __init__(self, table: pa.Table):
+        self.table, self.rows, self.schema = table, table.num_rows, table.schema
+        self._parts: tuple[int, list[pa.Table]] | None = None
+
+    def read(self, partition: int, bits: int, columns: list[str] | None = None) -> pa.Table:
+        if self._parts is None or self._parts[0] != bits:
+            self._parts = (bits, split(self.table, bits))
+        part = self._parts[1][partition]
+        return part.select(columns) if columns is not None else part
+
+
+class ClusteredWriter:
+    """Writes partitions in order to a temporary file; `close` makes it the file at `path`, fsynced.
+
+    Nothing appears at `path` unless every partition was written and closed."""
+
+    def __init__(self, path: Path, schema: pa.Schema, bits: int):
+        self.path, self.schema, self.bits = Path(path), schema, bits
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = pq.ParquetWriter(self.tmp, schema, compression="zstd", compression_level=1)
+        self.rows = 0
+        self._next = 0
+
+    def write(self, partition: int, table: pa.Table) -> None:
+        if partition < self._next - 1:
+            raise ValueError(f"partition {partition} written after partition {self._next - 1}")
+        self._next = partition + 1
+        if table.num_rows:
+            self._writer.write_table(table.select(self.schema.names).cast(self.schema),
+                                     row_group_size=ROW_GROUP_ROWS)
+            self.rows += table.num_rows
+
+    def close(self) -> Path:
+        self._writer.close()
+        with open(self.tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abandon(self) -> None:
+        self._writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_clustered(table: pa.Table, path: Path, bits: int) -> Path:
+    writer = ClusteredWriter(path, table.schema, bits)
+    try:
+        for p, part in enumerate(split(table, bits)):
+            writer.write(p, part)
+    except BaseException:
+        writer.abandon()
+        raise
+    return writer.close()
+
+
+class ClusteredFile:
+    """One Parquet file read partition by partition at any level."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.file = pq.ParquetFile(self.path)
+        meta = self.file.metadata
+        self.rows = meta.num_rows
+        self.schema = self.file.schema_arrow
+        self._spans = self._group_spans(meta)
+
+    def _group_spans(self, meta) -> list[tuple[int, int] | None]:
+        """Each row group's (min, max) key hash; None where the file cannot say."""
+        if KEY_HASH not in self.schema.names:
+            return [None] * meta.num_row_groups
+        col = self.schema.get_field_index(KEY_HASH)
+        spans: list[tuple[int, int] | None] = []
+        for g in range(meta.num_row_groups):
+            stats = meta.row_group(g).column(col).statistics
+            ok = stats is not None and stats.has_min_max
+            spans.append((int(stats.min), int(stats.max)) if ok else None)
+        return spans
+
+    def read(self, partition: int, bits: int, columns: list[str] | None = None) -> pa.Table:
+        """The rows of `partition` at level `bits`, with `columns` (all by default)."""
+        if bits == 0:
+            return self.file.read(columns=columns)
+        whole, mixed = [], []
+        for g, span in enumerate(self._spans):
+            if span is None:
+                mixed.append(g)
+                continue
+            lo, hi = (int(v) for v in partition_of(np.array(span, dtype=np.uint64), bits))
+            if lo == hi == partition:
+                whole.append(g)
+            elif lo <= partition <= hi:
+                mixed.append(g)
+        want = None if columns is None else list(columns)
+        parts = []
+        if whole:
+            parts.append(self.file.read_row_groups(whole, columns=want))
+        if mixed:
+            hashed_by = KEY_HASH if KEY_HASH in self.schema.names else KEY
+            need = None if want is None or hashed_by in want else want + [hashed_by]
+            rows = self.file.read_row_groups(mixed, columns=need)
+            rows = rows.filter(pa.array(partition_of(key_hashes(rows), bits) == partition))
+            parts.append(rows.select(want) if want is not None else rows)
+        if not parts:
+            return self.schema.empty_table() if want is None else self.schema.empty_table().select(want)
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+    def partitions(self, bits: int, columns: list[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
+        for p in range(1 << bits):
+            yield p, self.read(p, bits, columns)
