@@ -51,14 +51,19 @@ def table(rows: dict, columns=("email", "ext")) -> pa.Table:
 
 
 def run(meta, store, members: pa.Table, run_id, *, target=None, dest=None, identifiers=None, full=False,
-        **spec_kw):
+        partition_rows=None, **spec_kw):
     dest = dest or destination(meta)
     spec = SyncSpec(name="m", audience="a", destination="meta", target=target or Target(name="vip"),
                     identifiers=identifiers or {"email": "email", "external_id": "ext"}, **spec_kw)
     try:
-        return run_sync(spec, members, dest, store, RunOptions(run_id=run_id, full_resync=full))
+        return run_sync(spec, members, dest, store, RunOptions(run_id=run_id, full_resync=full,
+                                                               partition_rows=partition_rows))
     finally:
         dest.close()
+
+
+# Members spread over many key-hash partitions: identifiers shared across partitions still hold.
+PARTITIONS = pytest.mark.parametrize("partition_rows", [None, 1], ids=["one partition", "a partition per member"])
 
 
 def row(**fields) -> frozenset:
@@ -376,12 +381,13 @@ def test_target_id(meta, store):
     assert other.manifest() is None and list(meta.audiences) == [aid]
 
 
-def test_removing_a_duplicate_keeps_the_shared_row(meta, store):
+@PARTITIONS
+def test_removing_a_duplicate_keeps_the_shared_row(meta, store, partition_rows):
     # Two customer records with the same email hash to the same Meta row; only one leaves the audience.
     run(meta, store, table({"a": {"email": "same@example.com"}, "b": {"email": "Same@Example.com"},
-                            "c": {"email": "c@example.com"}}), "r1", identifiers={"email": "email"})
+                            "c": {"email": "c@example.com"}}), "r1", partition_rows=partition_rows, identifiers={"email": "email"})
     aid = meta.audience_id_by_name("vip")
-    run(meta, store, table({"b": {"email": "Same@Example.com"}, "c": {"email": "c@example.com"}}), "r2",
+    run(meta, store, table({"b": {"email": "Same@Example.com"}, "c": {"email": "c@example.com"}}), "r2", partition_rows=partition_rows,
         identifiers={"email": "email"})
     assert set(store.read()["key"].to_pylist()) == {"b", "c"}
     assert meta.members(aid) == {row(EMAIL=h("same@example.com")), row(EMAIL=h("c@example.com"))}
@@ -402,14 +408,15 @@ def meta_rows(rows: dict) -> set:
 EMAIL_PHONE = {"email": "email", "phone": "phone"}
 
 
-def test_leaver_sharing_an_email_does_not_take_the_stayer_out(meta, store):
+@PARTITIONS
+def test_leaver_sharing_an_email_does_not_take_the_stayer_out(meta, store, partition_rows):
     members = shared_email_members(171)
-    first = run(meta, store, table(members, columns=("email", "phone")), "r1", identifiers=EMAIL_PHONE)
+    first = run(meta, store, table(members, columns=("email", "phone")), "r1", partition_rows=partition_rows, identifiers=EMAIL_PHONE)
     aid = first.destination_audience_id
     assert len(meta.members(aid)) == 171
     n = len(meta.requests)
     stay = {k: v for k, v in members.items() if k != "c1"}
-    second = run(meta, store, table(stay, columns=("email", "phone")), "r2", identifiers=EMAIL_PHONE)
+    second = run(meta, store, table(stay, columns=("email", "phone")), "r2", partition_rows=partition_rows, identifiers=EMAIL_PHONE)
     assert meta.members(aid) == meta_rows(stay) and len(meta.members(aid)) == 170
     assert (second.removed, second.failed, second.shared_not_withdrawn) == (1, 0, 0)
     # The removal carried only the leaver's own phone.
@@ -417,14 +424,15 @@ def test_leaver_sharing_an_email_does_not_take_the_stayer_out(meta, store):
     assert [d.n_rows for d in deletes] == [1]
 
 
-def test_leaver_whose_identifiers_are_all_still_sent_is_not_withdrawn(meta, store):
+@PARTITIONS
+def test_leaver_whose_identifiers_are_all_still_sent_is_not_withdrawn(meta, store, partition_rows):
     members = {"a": {"email": "same@example.com"}, "b": {"email": "same@example.com", "phone": "+14155550001"},
                "c": {"email": "c@example.com"}}
-    first = run(meta, store, table(members, columns=("email", "phone")), "r1", identifiers=EMAIL_PHONE)
+    first = run(meta, store, table(members, columns=("email", "phone")), "r1", partition_rows=partition_rows, identifiers=EMAIL_PHONE)
     aid = first.destination_audience_id
     n = len(meta.requests)
     stay = {k: members[k] for k in ("b", "c")}
-    second = run(meta, store, table(stay, columns=("email", "phone")), "r2", identifiers=EMAIL_PHONE)
+    second = run(meta, store, table(stay, columns=("email", "phone")), "r2", partition_rows=partition_rows, identifiers=EMAIL_PHONE)
     assert (second.removed, second.shared_not_withdrawn, second.failed) == (0, 1, 0)
     assert not [r for r in meta.requests[n:] if r.method == "DELETE"]
     assert set(store.read()["key"].to_pylist()) == {"b", "c"}
@@ -432,14 +440,15 @@ def test_leaver_whose_identifiers_are_all_still_sent_is_not_withdrawn(meta, stor
     assert any("not withdrawn" in note for note in second.notes)
 
 
-def test_identifier_change_withdraws_only_the_old_value(meta, store):
+@PARTITIONS
+def test_identifier_change_withdraws_only_the_old_value(meta, store, partition_rows):
     members = {"a": {"email": "a@example.com", "phone": "+14155550001"},
                "b": {"email": "b@example.com", "phone": "+14155550002"}}
-    run(meta, store, table(members, columns=("email", "phone")), "r1", identifiers=EMAIL_PHONE)
+    run(meta, store, table(members, columns=("email", "phone")), "r1", partition_rows=partition_rows, identifiers=EMAIL_PHONE)
     aid = meta.audience_id_by_name("vip")
     moved = {**members, "a": {"email": "a@example.com", "phone": "+14155550009"},
              "b": {"email": "a@example.com", "phone": "+14155550002"}}  # b now shares a's email
-    second = run(meta, store, table(moved, columns=("email", "phone")), "r2", identifiers=EMAIL_PHONE)
+    second = run(meta, store, table(moved, columns=("email", "phone")), "r2", partition_rows=partition_rows, identifiers=EMAIL_PHONE)
     assert (second.updated, second.failed) == (2, 0)
     assert meta.members(aid) == meta_rows(moved)
 

@@ -22,8 +22,9 @@ from audience_pipelines.engine.diff import DiffPlan, plan_diff
 from audience_pipelines.engine.dispatch import Dispatcher, Operation, Outcome, Progress, account_slots
 from audience_pipelines.engine.errors import ConfigError, MassRemovalBlocked, SyncAborted
 from audience_pipelines.engine.payload import SAMPLE, Payload, build_payload
+from audience_pipelines.engine import partitions
 from audience_pipelines.engine.partitions import (
-    PARTITION_ROWS, ClusteredFile, ClusteredWriter, TableSource, partition_bits, split,
+    ClusteredFile, ClusteredWriter, TableSource, partition_bits, split,
 )
 from audience_pipelines.engine.snapshot import Manifest, SnapshotStore
 from audience_pipelines.engine.withdrawals import StillSent, withdrawals
@@ -92,8 +93,9 @@ class RunOptions:
     registry: AudienceRegistry | None = None
     # Batches in flight at once; default: the destination's `parallel_batches`, at most its maximum.
     parallel_batches: int | None = None
-    # Members per key-hash partition: a run holds about one partition's payload and snapshot at a time.
-    partition_rows: int = PARTITION_ROWS
+    # Members per key-hash partition: a run holds about one partition's payload and snapshot at a time
+    # (default: engine.partitions.PARTITION_ROWS).
+    partition_rows: int | None = None
 
 
 @dataclass
@@ -218,7 +220,7 @@ def run_sync(
         may_replace = (full and not first_run and destination.capabilities.replaces_audience
                        and spec.mode == "mirror" and spec.sends_removes)
         bits = 0 if may_replace else partition_bits(max(source.rows, held.rows if held else 0),
-                                                    options.partition_rows)
+                                                    options.partition_rows or partitions.PARTITION_ROWS)
         parts = _Partitions(spec, source, destination, shape, held, store.read_pending() if not audience_changed
                             else None, bits, store.dir / f".payload-{_file_safe(options.run_id)}.parquet")
         if parts.pending is not None:
@@ -754,10 +756,10 @@ def _operations(spec: SyncSpec, plan: DiffPlan, payload: Payload, old: pa.Table,
         if full:
             ops.append(Operation("resend", "resent", plan.unchanged_new, new, previous_positions=plan.unchanged_old))
         else:
-            result.unchanged = len(plan.unchanged_new)
+            result.unchanged += len(plan.unchanged_new)
     else:
         result.skipped += len(plan.add) + len(plan.update_new)
-        result.unchanged = len(plan.unchanged_new)
+        result.unchanged += len(plan.unchanged_new)
     return ops
 
 
