@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from audience_pipelines.contract import Target  # noqa: E402
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncSpec, run_sync  # noqa: E402
 from audience_pipelines.engine.payload import Payload  # noqa: E402
-from audience_pipelines.engine.withdrawals import StillSent, withdrawals  # noqa: E402
+from audience_pipelines.engine import withdrawals as engine_withdrawals  # noqa: E402
 from audience_pipelines_tests.memory_destination import MemoryDestination  # noqa: E402
 
 
@@ -47,8 +47,9 @@ def withdrawals(rows: int, withdrawn: int, repeat: int) -> None:
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        still = StillSent.collect([old], [payload.table], payload.identifier_columns)
-        sent, silent = withdrawals(still, old, np.arange(withdrawn), payload.identifier_columns, ["EMAIL", "PHONE"])
+        still = engine_withdrawals.StillSent.collect([old], [payload.table], payload.identifier_columns)
+        sent, silent = engine_withdrawals.withdrawals(still, old, np.arange(withdrawn), payload.identifier_columns,
+                                                      ["EMAIL", "PHONE"])
         times.append(time.perf_counter() - start)
     blanked = sent["EMAIL"].null_count
     assert blanked == withdrawn // 2 and not silent.any(), (blanked, silent.sum())

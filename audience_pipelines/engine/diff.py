@@ -18,7 +18,9 @@ import pyarrow.compute as pc
 from audience_pipelines.contract.columns import KEY, KEY_HASH, ROW_HASH
 
 _PARTITIONS = 8
-_PART_SHIFT = np.uint64(61)  # top 3 bits pick the partition
+# Bits 32-34 pick the thread's share: the top bits are the run's key-hash partition (engine.partitions),
+# the same for every row of one.
+_PART_SHIFT = np.uint64(32)
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,8 @@ def match_positions(new_kh: np.ndarray, old_kh: np.ndarray) -> np.ndarray:
     out = np.full(len(new_kh), -1, dtype=np.int64)
     if len(new_kh) == 0 or len(old_kh) == 0:
         return out
-    new_part = (new_kh >> _PART_SHIFT).astype(np.int8)
-    old_part = (old_kh >> _PART_SHIFT).astype(np.int8)
+    new_part = ((new_kh >> _PART_SHIFT) & np.uint64(_PARTITIONS - 1)).astype(np.int8)
+    old_part = ((old_kh >> _PART_SHIFT) & np.uint64(_PARTITIONS - 1)).astype(np.int8)
 
     def one(p: int) -> None:
         new_idx = np.flatnonzero(new_part == p)
