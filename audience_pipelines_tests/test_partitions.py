@@ -160,3 +160,32 @@ def test_a_run_killed_between_two_partitions_loses_nothing(tmp_path):
     assert sorted(zip(snap["key"].to_pylist(), snap["plan"].to_pylist())) == table_rows(url)
     # What the killed run had sent was sent again (at least once), and nothing beyond the changes.
     assert result.added + result.removed + result.updated <= 500
+
+
+def test_a_membership_file_is_read_one_partition_at_a_time(tmp_path, monkeypatch):
+    from audience_pipelines.engine import partitions
+    from audience_pipelines.engine.hashing import key_hash
+    from audience_pipelines.engine.membership import write_membership
+
+    table = members(0, 4000)
+    path = write_membership(table, tmp_path / "members.parquet")
+    f = ClusteredFile(path)
+    assert f.rows == 4000 and f.schema.names == ["key", "email", "plan", "key_hash"]
+    assert f.read(0, 0, ["key_hash"])["key_hash"].to_pylist() != []
+    reads = []
+    real_read = ClusteredFile.read
+
+    def counted(self, partition, bits, columns=None):
+        out = real_read(self, partition, bits, columns)
+        if self.path == path:
+            reads.append(out.num_rows)
+        return out
+
+    monkeypatch.setattr(partitions.ClusteredFile, "read", counted)
+    store = SnapshotStore(tmp_path / "syncs", "p")
+    dest = MemoryDestination(batch_rows=500)
+    result = run_sync(SPEC, f, dest, store, RunOptions(run_id="r1", partition_rows=500))
+    assert result.added == 4000 and set(dest.members("aud")) == set(table["key"].to_pylist())
+    assert len(reads) == 8 and max(reads) < 4000  # 8 partitions, never the whole file at once
+    snap = store.read()
+    assert snap["key_hash"].to_pylist() == key_hash(snap["key"]).tolist()  # the file's key hash, reused

@@ -8,7 +8,7 @@ from audience_pipelines.components.schedules import MANUAL, ScheduleChoice, buil
 from audience_pipelines.components.settings import schedules_running
 from audience_pipelines.components.yaml_text import Text
 from audience_pipelines.engine import AudiencePipelinesError, ConfigError, build_membership
-from audience_pipelines.engine.membership import write_parquet_atomic
+from audience_pipelines.engine.membership import write_membership, write_parquet_atomic
 from audience_pipelines.engine.warehouse import query_audience
 from audience_pipelines.resources import AudienceStorage
 
@@ -84,7 +84,7 @@ class Audience(dg.Component, dg.Model, dg.Resolvable):
                 m = build_membership(name, rows, key_column)
             except AudiencePipelinesError as exc:
                 raise dg.Failure(description=str(exc)) from exc
-            path = write_parquet_atomic(m.table, storage.membership_path(name))
+            path = write_membership(m.table, storage.membership_path(name))
             write_parquet_atomic(m.set_aside, storage.set_aside_path(name))
             bad = m.set_aside.num_rows
             share = bad / rows.num_rows if rows.num_rows else 0.0

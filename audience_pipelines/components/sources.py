@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from audience_pipelines.contract import KEY
 from audience_pipelines.engine.membership import build_membership
+from audience_pipelines.engine.partitions import ClusteredFile
 from audience_pipelines.engine.related import Relation, join_related, read_related
 from audience_pipelines.engine.segments import SEGMENTS_COLUMN, segment_membership
 from audience_pipelines.engine.warehouse import query_audience
@@ -37,6 +38,21 @@ class MembershipSource:
     def resource_keys(self) -> list[str]:
         return [self.warehouse_key] if self.query or self.relations else []
 
+    def file(self, storage: AudienceStorage) -> ClusteredFile | None:
+        """The audience's membership file, when the sync sends it as it is: the run then reads it one
+        key-hash partition at a time instead of whole."""
+        if self.query or self.relations or self.segment_audiences:
+            return None
+        path = self._membership_path(storage)
+        return ClusteredFile(path)
+
+    def _membership_path(self, storage: AudienceStorage):
+        path = storage.membership_path(self.audience)
+        if not path.exists():
+            raise dg.Failure(f"sync '{self.sync}': audience '{self.audience}' has not been materialized yet "
+                             f"(no {path}); materialize audiences/{self.audience} first")
+        return path
+
     def read(self, context, storage: AudienceStorage) -> pa.Table:
         if self.query:
             engine = getattr(context.resources, self.warehouse_key).engine(storage)
@@ -47,11 +63,7 @@ class MembershipSource:
                              + (f" ({m.set_aside.num_rows:,} set aside for null or duplicate keys)"
                                 if m.set_aside.num_rows else ""))
         else:
-            path = storage.membership_path(self.audience)
-            if not path.exists():
-                raise dg.Failure(f"sync '{self.sync}': audience '{self.audience}' has not been materialized yet "
-                                 f"(no {path}); materialize audiences/{self.audience} first")
-            members = pq.read_table(path)
+            members = pq.read_table(self._membership_path(storage))
         if self.relations:
             engine = getattr(context.resources, self.warehouse_key).engine(storage)
             for relation, columns in self.relations:

@@ -23,6 +23,7 @@ from audience_pipelines.engine import (
     AudiencePipelinesError, ConfigError, MassRemovalBlocked, RunOptions, SyncResult, SyncSpec, run_sync,
 )
 from audience_pipelines.engine.history import RunRecord
+from audience_pipelines.engine.partitions import ClusteredFile
 from audience_pipelines.engine.preview import Preview, choose_test_members, preview_sync, run_test_sync
 from audience_pipelines.engine.related import split as split_related
 from audience_pipelines.engine.related import wanted
@@ -403,9 +404,10 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
 
         def _run(context: dg.AssetExecutionContext, storage: AudienceStorage, config: SyncRunConfig,
                  full: bool) -> SyncResult:
-            members = source.read(context, storage)
+            members = (None if spec.target_column else source.file(storage)) or source.read(context, storage)
             store = storage.snapshot_store(spec.name)
-            context.log.info(f"sync '{spec.name}': {members.num_rows:,} members, "
+            n = members.rows if isinstance(members, ClusteredFile) else members.num_rows
+            context.log.info(f"sync '{spec.name}': {n:,} members, "
                              f"{RUN_KIND_TEXT[planned_run_kind(store, full)]}")
             target = getattr(context.resources, dest_key).open(storage.root)
             options = RunOptions(

@@ -15,7 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from audience_pipelines.contract.columns import KEY_HASH
 from audience_pipelines.engine.diff import KEY
+from audience_pipelines.engine.hashing import key_hash
+from audience_pipelines.engine.partitions import partition_bits, write_clustered
 from audience_pipelines.engine.errors import AudienceError
 
 SAMPLE = 10
@@ -61,6 +64,14 @@ def build_membership(audience: str, rows: pa.Table, key_column: str) -> Membersh
         duplicate_rows=int(dup.sum()),
         samples=samples,
     )
+
+
+def write_membership(table: pa.Table, path: str | Path) -> Path:
+    """The membership with its key hash, computed once here, clustered by key-hash partition so a sync
+    reads it one partition at a time (engine.partitions)."""
+    kh = pa.array(key_hash(table[KEY]), pa.uint64())
+    table = table.drop_columns([KEY_HASH]) if KEY_HASH in table.column_names else table
+    return write_clustered(table.append_column(KEY_HASH, kh), Path(path), partition_bits(table.num_rows))
 
 
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> Path:

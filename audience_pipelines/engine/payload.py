@@ -90,6 +90,7 @@ def build_payload(
         valid[kind] = np.asarray(sent.is_valid(), dtype=bool)
     caps = destination.capabilities
     usable = _usable({k: m for k, m in valid.items() if k not in caps.companion_kinds}, caps.identifier_groups, n)
+    known_kh = members[KEY_HASH] if KEY_HASH in members.column_names else None  # computed where written
     field_cols = []
     for name, col in fields.items():
         values = members[col]
@@ -105,7 +106,8 @@ def build_payload(
         sample_keys = keys.filter(pa.array(drop)).slice(0, SAMPLE).to_pylist()
         samples = [{"key": k, "reason": f"no usable identifier among {sorted(identifiers)}"} for k in sample_keys]
         table = table.filter(pa.array(usable))
-    kh = key_hash(table[KEY])
+        known_kh = known_kh.filter(pa.array(usable)) if known_kh is not None else None
+    kh = key_hash(table[KEY]) if known_kh is None else known_kh.cast(pa.uint64()).to_numpy()
     rh = row_hash([table[c] for c in id_cols + field_cols], table[KEY])
     table = table.append_column(KEY_HASH, pa.array(kh, pa.uint64())).append_column(ROW_HASH, pa.array(rh, pa.uint64()))
     if destination.capabilities.keeps_record_ids:  # filled from the snapshot and the platform's answers
