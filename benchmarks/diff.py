@@ -3,9 +3,10 @@
     python benchmarks/diff.py --rows N [--repeat R] [--data-dir DIR] [--keep] [--regenerate]
 
 1. Generates (or reuses, from DIR/N/) an audience membership Parquet and the
-   previous run's snapshot Parquet with N members: the snapshot is the old
-   membership plus `key_hash`/`row_hash` from the engine's hashing, written as
-   the engine writes it (zstd level 1, clustered by key-hash partition); the new membership drops 2% of the old
+   previous run's snapshot Parquet with N members, both as the engine writes
+   them: clustered by key-hash partition, zstd level 1, the membership with
+   its `key_hash` (computed where it is written), the snapshot with
+   `key_hash`/`row_hash` from the engine's hashing; the new membership drops 2% of the old
    members, adds 2% new ones and changes exactly one sent column in 3% of the
    kept rows (null->value and value->null included). Both files are shuffled
    independently; the ground truth key sets are recorded in meta.json.
@@ -40,7 +41,7 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-GEN_VERSION = 4  # bump when the generated data changes; invalidates the cache
+GEN_VERSION = 5  # bump when the generated data changes; invalidates the cache
 CHUNK_ROWS = 5_000_000  # rows generated, hashed and written at a time
 MEMBERS = "members.parquet"
 SNAPSHOT = "snapshot.parquet"
@@ -137,8 +138,9 @@ def _schemas():
     import pyarrow as pa
 
     members = pa.schema([("key", pa.string()), ("email", pa.string()), ("lifetime_value", pa.float64()),
-                         ("plan_type", pa.string()), ("last_purchase", pa.date32()), ("country", pa.string())])
-    return members, members.append(pa.field("key_hash", pa.uint64())).append(pa.field("row_hash", pa.uint64()))
+                         ("plan_type", pa.string()), ("last_purchase", pa.date32()), ("country", pa.string()),
+                         ("key_hash", pa.uint64())])
+    return members, members.append(pa.field("row_hash", pa.uint64()))
 
 
 def generate(n: int, out: Path) -> dict:
@@ -234,24 +236,25 @@ def generate(n: int, out: Path) -> dict:
     bits = partition_bits(n)
     buckets = out / "buckets"
     buckets.mkdir(parents=True, exist_ok=True)
-    with pq.ParquetWriter(out / MEMBERS, members_schema) as new_out:  # a warehouse export: snappy
-        for c, lo in enumerate(range(0, max(n, len(new_order)), CHUNK_ROWS)):
-            old = _table(cols, old_order[lo:lo + CHUNK_ROWS])
-            snap = old.append_column("key_hash", pa.array(key_hash(old["key"]), pa.uint64())).append_column(
-                "row_hash", pa.array(row_hash(hash_inputs(old), old["key"]), pa.uint64()))  # as SnapshotStore
-            new = _table(cols, new_order[lo:lo + CHUNK_ROWS])
-            for p, part in enumerate(split(snap, bits)):  # the snapshot is clustered by partition
-                pq.write_table(part, buckets / f"{p:05d}-{c:05d}.parquet", compression="zstd", compression_level=1)
-            new_out.write_table(new)
-            if lo == 0:
-                pq.write_table(new.slice(0, 1000), out / TINY_MEMBERS)
-                pq.write_table(snap.slice(0, 1000), out / TINY_SNAPSHOT, compression="zstd", compression_level=1)
-            print(f"  wrote {min(lo + CHUNK_ROWS, n):,} of {n:,} members", file=sys.stderr, flush=True)
-    writer = ClusteredWriter(out / SNAPSHOT, snapshot_schema, bits)
-    for p in range(1 << bits):
-        for f in sorted(buckets.glob(f"{p:05d}-*.parquet")):
-            writer.write(p, pq.read_table(f))
-    writer.close()
+    for c, lo in enumerate(range(0, max(n, len(new_order)), CHUNK_ROWS)):
+        old = _table(cols, old_order[lo:lo + CHUNK_ROWS])
+        snap = old.append_column("key_hash", pa.array(key_hash(old["key"]), pa.uint64())).append_column(
+            "row_hash", pa.array(row_hash(hash_inputs(old), old["key"]), pa.uint64()))  # as SnapshotStore
+        new = _table(cols, new_order[lo:lo + CHUNK_ROWS])
+        new = new.append_column("key_hash", pa.array(key_hash(new["key"]), pa.uint64()))  # as write_membership
+        for name, table in (("s", snap), ("m", new)):  # both files are clustered by partition
+            for p, part in enumerate(split(table, bits)):
+                pq.write_table(part, buckets / f"{name}{p:05d}-{c:05d}.parquet")
+        if lo == 0:
+            pq.write_table(new.slice(0, 1000), out / TINY_MEMBERS)
+            pq.write_table(snap.slice(0, 1000), out / TINY_SNAPSHOT, compression="zstd", compression_level=1)
+        print(f"  wrote {min(lo + CHUNK_ROWS, n):,} of {n:,} members", file=sys.stderr, flush=True)
+    for name, file, schema in (("s", SNAPSHOT, snapshot_schema), ("m", MEMBERS, members_schema)):
+        writer = ClusteredWriter(out / file, schema, bits)
+        for p in range(1 << bits):
+            for f in sorted(buckets.glob(f"{name}{p:05d}-*.parquet")):
+                writer.write(p, pq.read_table(f))
+        writer.close()
     shutil.rmtree(buckets)
     del cols
     t_write = time.perf_counter() - t0
@@ -301,16 +304,18 @@ def _lap_timer():
 
 
 def worker_engine(data: Path) -> dict:
-    """The engine's recipe: hash the new membership a row group at a time (keeping key, key hash and
-    row hash), diff it partition by partition against the clustered snapshot (reading each partition's
-    key, hashes and the removal's sent column), then take the added and updated rows from the file."""
-    import numpy as np
+    """The engine's recipe, a key-hash partition at a time on a thread per core: read the partition
+    of the membership and hash its rows, read the snapshot partition's key, hashes and the column a
+    removal sends, diff, and keep the added, updated and removed rows."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from audience_pipelines.engine.diff import plan_diff
-    from audience_pipelines.engine.hashing import key_hash, row_hash
-    from audience_pipelines.engine.partitions import ClusteredFile, partition_bits, partition_of
+    from audience_pipelines.engine.hashing import row_hash
+    from audience_pipelines.engine.partitions import ClusteredFile, partition_bits
 
     dict_cols = ["plan_type", "country"]
     pq.read_table(data / TINY_MEMBERS, read_dictionary=dict_cols)  # warm-up
@@ -318,51 +323,23 @@ def worker_engine(data: Path) -> dict:
 
     phases, lap = _lap_timer()
     t_start = time.perf_counter()
+    members, snapshot = ClusteredFile(data / MEMBERS, read_dictionary=dict_cols), ClusteredFile(data / SNAPSHOT)
+    bits = partition_bits(max(members.rows, snapshot.rows))
 
-    members = pq.ParquetFile(data / MEMBERS, read_dictionary=dict_cols)
-    keys, khs, rhs = [], [], []
-    for g in range(members.num_row_groups):
-        new = members.read_row_group(g)
-        keys.append(new["key"].combine_chunks())
-        khs.append(key_hash(new["key"]))
-        rhs.append(row_hash(hash_inputs(new), new["key"]))
-        del new
-    keys = pa.chunked_array(keys)
-    kh, rh = np.concatenate(khs), np.concatenate(rhs)
-    del khs, rhs
-    lap("hash_new")
-
-    snapshot = ClusteredFile(data / SNAPSHOT)
-    bits = partition_bits(max(snapshot.rows, len(kh)))
-    part = partition_of(kh, bits)
-    order = np.argsort(part, kind="stable")
-    bounds = np.searchsorted(part[order], np.arange((1 << bits) + 1))
-    del part
-    adds, updates, removes = [], [], []
-    for p in range(1 << bits):
-        idx = order[bounds[p]:bounds[p + 1]]
-        new = pa.table({"key": keys.take(pa.array(idx)), "key_hash": pa.array(kh[idx]), "row_hash": pa.array(rh[idx])})
+    def one(p: int) -> dict[str, pa.Table]:
+        new = members.read(p, bits)
+        new = new.append_column("row_hash", pa.array(row_hash(hash_inputs(new), new["key"]), pa.uint64()))
         old = snapshot.read(p, bits, ["key", "key_hash", "row_hash", "email"])
-        plan = plan_diff(new, old)
-        adds.append(idx[plan.add])
-        updates.append(idx[plan.update_new])
-        removes.append(old.take(pa.array(plan.remove, pa.int64())).select(["key", "email"]))
+        plan = plan_diff(new, old, threads=1)  # the partitions already share the cores
+        return {"adds": new.take(pa.array(plan.add, pa.int64())),
+                "updates": new.take(pa.array(plan.update_new, pa.int64())),
+                "removes": old.take(pa.array(plan.remove, pa.int64())).select(["key", "email"])}
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        parts = list(pool.map(one, range(1 << bits)))
     lap("diff_partitions")
-    wanted = {"adds": np.sort(np.concatenate(adds)), "updates": np.sort(np.concatenate(updates))}
-    taken: dict[str, list] = {k: [] for k in wanted}
-    offset = 0
-    for g in range(members.num_row_groups):
-        n = members.metadata.row_group(g).num_rows
-        rows = None
-        for kind, pos in wanted.items():
-            lo, hi = np.searchsorted(pos, [offset, offset + n])
-            if hi > lo:
-                rows = rows if rows is not None else members.read_row_group(g)
-                taken[kind].append(rows.take(pa.array(pos[lo:hi] - offset)))
-        offset += n
-    tables = {kind: pa.concat_tables(parts) for kind, parts in taken.items()}
-    tables["removes"] = pa.concat_tables(removes)
-    lap("take")
+    tables = {kind: pa.concat_tables([part[kind] for part in parts]) for kind in KINDS}
+    lap("concat")
     return _results(tables, phases, time.perf_counter() - t_start)
 
 

@@ -118,9 +118,9 @@ def write_clustered(table: pa.Table, path: Path, bits: int) -> Path:
 class ClusteredFile:
     """One Parquet file read partition by partition at any level."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, read_dictionary: list[str] | None = None):
         self.path = Path(path)
-        self.file = pq.ParquetFile(self.path)
+        self.file = pq.ParquetFile(self.path, read_dictionary=read_dictionary)
         meta = self.file.metadata
         self.rows = meta.num_rows
         self.schema = self.file.schema_arrow
