@@ -229,13 +229,7 @@ def run_sync(
         try:
             planned = parts.plan_all(store, match_columns, full, may_replace)
             replace = may_replace and planned.payload_rows > 0
-            result = SyncResult(
-                sync=spec.name, run_id=options.run_id,
-                run_kind=FIRST_RUN if first_run else FULL_RESEND if full else DIFF,
-                sync_mode=spec.mode, destination_audience_id=audience_id or "",
-                membership_rows=source.rows, set_aside=planned.set_aside, held_before=planned.held,
-                set_aside_sample=planned.set_aside_sample, invalid_identifiers=planned.invalid,
-                invalid_identifiers_set_aside=planned.invalid_set_aside, notes=notes, replaced=replace)
+            result = _new_result(spec, options, first_run, full, audience_id, source.rows, planned, notes, replace)
             _guard_mass_removal(spec, planned.removes, planned.held, planned.kept, options, result)
             still = StillSent.collect(planned.withdrawn, parts.payloads(shape.identifier_columns + [KEY, RECORD_ID]),
                                       shape.identifier_columns) if match_columns else StillSent()
@@ -526,15 +520,20 @@ def _plan(spec: SyncSpec, payload: Payload, members: pa.Table, destination: Dest
     full = options.full_resync or replace_again
     replace = (full and not first_run and destination.capabilities.replaces_audience and spec.mode == "mirror"
                and spec.sends_removes and payload.table.num_rows > 0)
-    result = SyncResult(
-        sync=spec.name, run_id=options.run_id,
-        run_kind=FIRST_RUN if first_run else FULL_RESEND if full else DIFF,
-        sync_mode=spec.mode, destination_audience_id=audience_id or "",
-        membership_rows=members.num_rows, set_aside=payload.set_aside, held_before=old.num_rows,
-        set_aside_sample=payload.set_aside_samples, invalid_identifiers=payload.invalid_identifiers,
-        invalid_identifiers_set_aside=payload.invalid_identifiers_set_aside, notes=notes, replaced=replace,
-    )
+    planned = _Planned(held=old.num_rows, set_aside=payload.set_aside, set_aside_sample=payload.set_aside_samples,
+                       invalid=payload.invalid_identifiers, invalid_set_aside=payload.invalid_identifiers_set_aside)
+    result = _new_result(spec, options, first_run, full, audience_id, members.num_rows, planned, notes, replace)
     return old, pending, plan, first_run, full, replace, result
+
+
+def _new_result(spec: SyncSpec, options: RunOptions, first_run: bool, full: bool, audience_id: str | None,
+                members: int, planned: _Planned, notes: list[str], replace: bool) -> SyncResult:
+    return SyncResult(
+        sync=spec.name, run_id=options.run_id, run_kind=FIRST_RUN if first_run else FULL_RESEND if full else DIFF,
+        sync_mode=spec.mode, destination_audience_id=audience_id or "", membership_rows=members,
+        set_aside=planned.set_aside, held_before=planned.held, set_aside_sample=planned.set_aside_sample,
+        invalid_identifiers=planned.invalid, invalid_identifiers_set_aside=planned.invalid_set_aside, notes=notes,
+        replaced=replace)
 
 
 def audience_report(destination: Destination, audience_id: str, held: int) -> tuple[int | None, float | None,
