@@ -142,7 +142,9 @@ def test_a_run_killed_between_two_partitions_loses_nothing(tmp_path):
     killed_run(url, root, first, tmp_path, "r1", kill_before=4)
     assert store.manifest() is None and store.read_pending().num_rows == 2000
     assert 0 < len(table_rows(url)) < 2000  # some partitions landed before the kill
+    assert [p.name for p in store.dir.glob(".payload-*")] == [".payload-r1.parquet"]  # staged, left by the kill
     result = rerun(first, "r2")
+    assert not list(store.dir.glob("*payload-*"))
     assert result.failed == 0 and table_rows(url) == [(f"k{i:05d}", "gold") for i in range(2000)]
     assert store.read_pending() is None and store.manifest().rows == 2000
 

@@ -5,6 +5,7 @@ Layout under `<root>/<sync>/`:
   snapshot-<run>.parquet what was accepted, as sent, with key_hash and row_hash, clustered by
                          key-hash partition (engine.partitions) so a run reads one partition at a time
   pending.parquet        rows sent (or about to be) whose outcome is not known yet
+  .payload-<run>.parquet a run's shaped payload, staged between its two passes (large audiences)
   session.json           the state of a destination session (a job, a replace) not yet finished
   runs/<run>/rejected.parquet
   .lock                  held for the whole run (flock)
@@ -140,6 +141,16 @@ class SnapshotStore:
             path.unlink(missing_ok=True)
             return None
         return ClusteredFile(path)
+
+    def staging_path(self, run_id: str) -> Path:
+        """Where a run stages its shaped payload between its two passes over the partitions."""
+        return self.dir / f".payload-{_SAFE.sub('_', run_id)}.parquet"
+
+    def clear_staging(self) -> None:
+        """Drop what a killed run staged (only ever called under the sync's lock)."""
+        if self.dir.exists():
+            for stale in [*self.dir.glob(".payload-*"), *self.dir.glob("..payload-*")]:
+                stale.unlink(missing_ok=True)
 
     def pending_writer(self, schema: pa.Schema, bits: int) -> ClusteredWriter:
         """The journal written partition by partition; it replaces the current one when closed."""

@@ -192,6 +192,7 @@ def run_sync(
         raise ConfigError(f"sync '{spec.name}': a target named by a column runs through engine.targets.run_by_column")
     started = time.monotonic()
     with store.lock(options.run_id):
+        store.clear_staging()
         source = members if isinstance(members, ClusteredFile) else TableSource(members)
         shape = build_payload(spec.name, source.schema.empty_table(), destination, spec.identifiers, spec.fields,
                               spec.default_region, spec.region_column, rows=source.rows)
@@ -222,7 +223,7 @@ def run_sync(
         bits = 0 if may_replace else partition_bits(max(source.rows, held.rows if held else 0),
                                                     options.partition_rows or partitions.PARTITION_ROWS)
         parts = _Partitions(spec, source, destination, shape, held, store.read_pending() if not audience_changed
-                            else None, bits, store.dir / f".payload-{_file_safe(options.run_id)}.parquet")
+                            else None, bits, store.staging_path(options.run_id))
         if parts.pending is not None:
             notes.append(f"{parts.pending.num_rows} rows from an interrupted run are sent again")
         match_columns = [] if may_replace else _match_columns(spec, destination)
@@ -316,10 +317,6 @@ def run_sync(
             result.audience_size, result.match_rate, result.match_rate_basis = report
     result.duration_s = time.monotonic() - started
     return result
-
-
-def _file_safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in text)
 
 
 @dataclass
