@@ -200,11 +200,16 @@ def sync_spec(case: Case, mode: str) -> SyncSpec:
                     identifiers=case.identifiers, fields=case.fields, batch_size=BATCH, **MODES[mode])
 
 
+# Members per key-hash partition for the matrix's runs (None: the engine's default, one partition here).
+PARTITION_ROWS: int | None = None
+
+
 def run(case: Case, mode: str, members: pa.Table, store: SnapshotStore, run_id: str,
         destination: Destination | None = None, full: bool = False):
     dest = destination or case.destination()
     try:
-        return run_sync(sync_spec(case, mode), members, dest, store, RunOptions(run_id=run_id, full_resync=full))
+        return run_sync(sync_spec(case, mode), members, dest, store,
+                        RunOptions(run_id=run_id, full_resync=full, partition_rows=PARTITION_ROWS))
     finally:
         dest.close()
 
@@ -223,7 +228,7 @@ def kill_mid_dispatch(case: Case, mode: str, members: pa.Table, store: SnapshotS
     type_name, settings = case.spec()
     args = {"type": type_name, "settings": settings, "root": str(store.dir.parent), "members": str(path),
             "identifiers": case.identifiers, "fields": case.fields, "mode": MODES[mode], "kill_after": 2,
-            "full_resync": case.full_resync}
+            "full_resync": case.full_resync, "partition_rows": PARTITION_ROWS}
     child = subprocess.run([sys.executable, "-m", "audience_pipelines_tests.faults", json.dumps(args)],
                            capture_output=True, text=True, timeout=120)
     assert child.returncode == -signal.SIGKILL, f"child was not killed: {child.returncode} {child.stderr[-2000:]}"
@@ -281,8 +286,8 @@ def warehouse_unreachable(case, mode, members, store, tmp) -> str:
 ENGINE_FAULTS = ("kill -9 mid-dispatch", "disk full at commit", "warehouse unreachable")
 
 
-def scenario(case: Case, fault: str, mode: str, tmp: Path, monkeypatch) -> Outcome:
-    outcome = Outcome(case.name, fault, mode)
+def scenario(case: Case, fault: str, mode: str, tmp: Path, monkeypatch, label: str = "") -> Outcome:
+    outcome = Outcome(case.name, fault, mode + label)
     RESULTS.append(outcome)
     engine = warehouse(tmp)
     store = SnapshotStore(tmp / "snapshots", SYNC)
@@ -354,7 +359,7 @@ def _child(args: dict) -> None:
     spec = SyncSpec(name=SYNC, audience="matrix", destination=args["type"], target=Target(name="vip"),
                     identifiers=args["identifiers"], fields=args["fields"], batch_size=BATCH, **args["mode"])
     run_sync(spec, pq.read_table(args["members"]), dest, SnapshotStore(args["root"], SYNC),
-             RunOptions(run_id="r2-killed", full_resync=args["full_resync"]))
+             RunOptions(run_id="r2-killed", full_resync=args["full_resync"], partition_rows=args["partition_rows"]))
     sys.exit(3)  # not killed: fewer batches than expected
 
 

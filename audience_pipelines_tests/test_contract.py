@@ -1,4 +1,5 @@
-"""The rest of the contract suite, over every destination and its fake (the cases of test_fault_matrix.py):
+"""The rest of the contract suite, over every destination and its fake (the cases of test_fault_matrix.py), each
+test as one partition and over key-hash partitions of 2 members:
 a name target is created exactly once, also by two runs racing; bad credentials fail before anything is
 sent; a target id that does not exist fails clearly and creates nothing; a full resend leaves exactly
 the membership; a create whose answer was lost is never sent again, and the next run finds it; a CRM's
@@ -24,6 +25,15 @@ from audience_pipelines_tests.test_fault_matrix import CASES, HTTP_CASES, make_c
 NAMED_AUDIENCES = [name for name, c in CASES.items() if c.names_audiences and not c.full_resync]
 # Platforms keeping a profile per person (CRMs and marketing tools).
 PROFILE_CASES = [name for name in CASES if destination_type(name.split(" ")[0]).capabilities().needs_profile]
+
+
+@pytest.fixture(autouse=True, params=[None, 2], ids=["one partition", "partitions of 2"])
+def partition_rows(request, monkeypatch):
+    """Every test runs twice: as one partition, and over key-hash partitions of 2 members."""
+    from audience_pipelines.engine import partitions
+    if request.param:
+        monkeypatch.setattr(partitions, "PARTITION_ROWS", request.param)
+    return request.param
 
 
 def members(rows: dict) -> pa.Table:

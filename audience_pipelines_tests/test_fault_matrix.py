@@ -13,6 +13,7 @@ import contextlib
 import pytest
 
 from audience_pipelines_tests.cases import all_cases
+from audience_pipelines_tests import faults
 from audience_pipelines_tests.faults import ENGINE_FAULTS, MODES, scenario
 
 CASES = all_cases()
@@ -38,3 +39,12 @@ def case(request, tmp_path):
                                              for fault in [*c.faults, *ENGINE_FAULTS]], indirect=["case"])
 def test_fault_matrix(case, fault, mode, tmp_path, monkeypatch):
     scenario(case, fault, mode, tmp_path, monkeypatch)
+
+
+# The same faults on runs over key-hash partitions of 2 members (the matrix's 10 to 13 members make up
+# to 8 partitions, one destination session each): a fault or a kill may fall between two partitions.
+@pytest.mark.parametrize(("case", "fault"), [(name, fault) for name, c in CASES.items()
+                                             for fault in [*c.faults, *ENGINE_FAULTS]], indirect=["case"])
+def test_fault_matrix_over_partitions(case, fault, tmp_path, monkeypatch):
+    monkeypatch.setattr(faults, "PARTITION_ROWS", 2)
+    scenario(case, fault, "mirror", tmp_path, monkeypatch, label=", 8 partitions")

@@ -191,3 +191,29 @@ def test_a_membership_file_is_read_one_partition_at_a_time(tmp_path, monkeypatch
     assert len(reads) == 8 and max(reads) < 4000  # 8 partitions, never the whole file at once
     snap = store.read()
     assert snap["key_hash"].to_pylist() == key_hash(snap["key"]).tolist()  # the file's key hash, reused
+
+
+def test_batches_are_numbered_across_partitions_and_only_the_runs_last_is_last(tmp_path):
+    import pyarrow.csv as pacsv
+
+    from audience_pipelines.destinations.file import FileSettings
+    from audience_pipelines.destinations.file.client import FileDestination
+
+    spec = SyncSpec(name="f", audience="a", destination="files", target=Target(name="vip"), batch_size=100)
+    dest = FileDestination(FileSettings(path=str(tmp_path / "out"), format="csv"))
+    seen = []
+    send = dest.add
+
+    def add(audience_id, rows, ctx):
+        seen.append((ctx.seq, ctx.last, ctx.request_id))
+        return send(audience_id, rows, ctx)
+
+    dest.add = add
+    run_sync(spec, members(0, 2000), dest, SnapshotStore(tmp_path / "syncs", "f"),
+             RunOptions(run_id="r1", partition_rows=300))
+    seqs = sorted(s for s, _, _ in seen)
+    assert seqs == list(range(1, len(seen) + 1)) and len(seen) > 8  # 8 partitions, batches of at most 100
+    assert [s for s, last, _ in seen if last] == [len(seen)]
+    assert len({r for _, _, r in seen}) == len(seen)  # idempotency keys never repeat within a run
+    written = pa.concat_tables([pacsv.read_csv(p) for p in (tmp_path / "out" / "vip" / "r1").glob("add-*.csv")])
+    assert sorted(written["key"].to_pylist()) == [f"k{i:05d}" for i in range(2000)]

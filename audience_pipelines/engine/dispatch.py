@@ -73,6 +73,7 @@ class Outcome:
     stats: dict[str, int] = field(default_factory=dict)
     rows_done: int = 0
     rows_total: int = 0
+    batches: int = 0
     finish: Finish | None = None
     error: BaseException | None = None
 
@@ -115,7 +116,8 @@ class _Sent:
 class Dispatcher:
     def __init__(self, session: Session, max_batch_rows: int, sync: str, options, batch_size: int | None,
                  create_profiles: bool | None = None, parallel: int = 1,
-                 slots: threading.BoundedSemaphore | None = None, progress: Progress | None = None):
+                 slots: threading.BoundedSemaphore | None = None, progress: Progress | None = None,
+                 first_seq: int = 1, last_seq: int | None = None):
         self.session = session
         self.create_profiles = create_profiles
         self.sync = sync
@@ -126,6 +128,8 @@ class Dispatcher:
         self.slots = slots or threading.BoundedSemaphore(self.parallel)
         self._lock = threading.Lock()  # stats and the isolation budget, shared by batches in flight
         self.progress = progress  # shared by the partitions of a run; else the run's own
+        # Batches are numbered across the run's partitions; the run's last may close the platform's session.
+        self.first_seq, self.last_seq = first_seq, last_seq
 
     def run(self, ops: list[Operation]) -> Outcome:
         # Nothing is accepted until the destination says so.
@@ -137,7 +141,10 @@ class Dispatcher:
         sent_ops = [op for op in ops if not op.implicit]
         outcome.rows_total = sum(len(op.positions) for op in sent_ops)
         batches = [(seq, op, lo) for seq, (op, lo) in enumerate(
-            ((op, lo) for op in sent_ops for lo in range(0, len(op.positions), self.batch_size)), start=1)]
+            ((op, lo) for op in sent_ops for lo in range(0, len(op.positions), self.batch_size)),
+            start=self.first_seq)]
+        last_seq = self.last_seq if self.last_seq is not None else self.first_seq + len(batches) - 1
+        outcome.batches = len(batches)
         progress = self.progress or Progress(outcome.rows_total, self.options)
         stop = threading.Event()  # a fatal error: batches not yet sending stay unsent
 
@@ -155,7 +162,7 @@ class Dispatcher:
             hi = min(lo + self.batch_size, len(op.positions))
             rows, sent_at, previous = op.batch(lo, hi)
             ctx = BatchContext(self.sync, self.options.run_id, "add" if op.name == "resend" else op.name,
-                               seq, seq == len(batches), create_profiles=self.create_profiles)
+                               seq, seq == last_seq, create_profiles=self.create_profiles)
             with self.slots:
                 if stop.is_set():
                     return None
@@ -174,7 +181,7 @@ class Dispatcher:
                 group = list(group)
                 record(send(*group[0]), group[0][0])  # alone: it may create what the others need
                 # The run's last batch goes alone after the others too: it may close the session.
-                closing = group.pop() if len(group) > 1 and group[-1][0] == len(batches) else None
+                closing = group.pop() if len(group) > 1 and group[-1][0] == last_seq else None
                 in_flight: dict[Future, int] = {}
                 for seq, op, lo in group[1:]:
                     if outcome.error is not None:

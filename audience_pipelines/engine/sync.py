@@ -228,8 +228,13 @@ def run_sync(
             notes.append(f"{parts.pending.num_rows} rows from an interrupted run are sent again")
         match_columns = [] if may_replace else _match_columns(spec, destination)
         try:
-            planned = parts.plan_all(store, match_columns, full, may_replace)
+            caps = destination.capabilities
+            batch_rows = min(spec.batch_size, caps.max_batch_rows) if spec.batch_size else caps.max_batch_rows
+            planned = parts.plan_all(store, match_columns, full, may_replace, batch_rows)
             replace = may_replace and planned.payload_rows > 0
+            if may_replace and not replace:  # nothing left to replace with: removes are sent (one partition)
+                planned.to_send += planned.removes
+                planned.batches += -(-planned.removes // batch_rows)
             result = _new_result(spec, options, first_run, full, audience_id, source.rows, planned, notes, replace)
             _guard_mass_removal(spec, planned.removes, planned.held, planned.kept, options, result)
             still = StillSent.collect(planned.withdrawn, parts.payloads(shape.identifier_columns + [KEY, RECORD_ID]),
@@ -240,7 +245,7 @@ def run_sync(
         # Journal what is about to be sent: if this run dies, the next one resends it.
         journal = parts.commit_journal(store)
         run = _Run(spec, destination, store, audience_id, options, replace, resume if replace else None,
-                   Progress(planned.to_send, options))
+                   Progress(planned.to_send, options), planned.batches)
         writer = store.snapshot_writer(options.run_id, parts.schema, bits)
         unanswered = store.pending_writer(parts.schema, bits)
         changed = first_run or parts.pending is not None or replace or RECORD_ID in parts.schema.names
@@ -328,6 +333,7 @@ class _Planned:
     kept: int = 0  # members the audience keeps: adds, updates and unchanged
     payload_rows: int = 0
     to_send: int = 0
+    batches: int = 0
     set_aside: int = 0
     set_aside_sample: list[dict] = field(default_factory=list)
     invalid: dict[str, int] = field(default_factory=dict)
@@ -379,7 +385,8 @@ class _Partitions:
         payload = Payload(self._staged.read(p, self.bits), self.shape.identifier_columns, self.shape.field_columns)
         return _Part(old, payload, plan_diff(payload.table, old))
 
-    def plan_all(self, store: SnapshotStore, match_columns: list[str], full: bool, replace: bool) -> _Planned:
+    def plan_all(self, store: SnapshotStore, match_columns: list[str], full: bool, replace: bool,
+                 batch_rows: int) -> _Planned:
         """First pass: shape, diff and journal every partition; nothing is sent."""
         spec, planned = self.spec, _Planned()
         self._journal = store.pending_writer(self.schema, self.bits)
@@ -400,9 +407,11 @@ class _Partitions:
                 planned.invalid_set_aside[kind] = planned.invalid_set_aside.get(kind, 0) + n
             journal = _journal_rows(spec, plan, payload.table, old, self._pending_parts[p]
                                     if self._pending_parts is not None else None)
-            planned.to_send += (len(plan.remove) if spec.sends_removes and not replace else 0) + (
-                len(plan.add) + len(plan.update_new) + (len(plan.unchanged_new) if full else 0)
-                if spec.sends_adds else 0)
+            sizes = [len(plan.remove)] if spec.sends_removes and not replace else []
+            sizes += [len(plan.update_new), len(plan.add), len(plan.unchanged_new) if full else 0] \
+                if spec.sends_adds else []
+            planned.to_send += sum(sizes)
+            planned.batches += sum(-(-n // batch_rows) for n in sizes)
             self._journal.write(p, journal)
             if match_columns:
                 leaving = [plan.remove] if spec.sends_removes else []
@@ -443,9 +452,10 @@ class _Run:
     """The second pass's sending: one destination session per partition (one in all for a replace)."""
 
     def __init__(self, spec: SyncSpec, destination: Destination, store: SnapshotStore, audience_id: str,
-                 options: RunOptions, replace: bool, resume: dict | None, progress: Progress):
+                 options: RunOptions, replace: bool, resume: dict | None, progress: Progress, batches: int):
         self.spec, self.destination, self.store, self.audience_id = spec, destination, store, audience_id
         self.options, self.replace, self.resume, self.progress = options, replace, resume, progress
+        self.next_seq, self.last_seq = 1, batches  # batches are numbered across partitions
         self.error: BaseException | None = None
         self.held_back = False  # a session not finished yet: later partitions wait for the next run
         self.unfinished: str | None = None
@@ -457,8 +467,9 @@ class _Run:
 
     def send(self, ops: list[Operation], last: bool) -> Outcome:
         outcome = _dispatch(self.spec, self.destination, self.store, self.audience_id, ops, self.options,
-                            self.replace, self.resume, self.progress)
+                            self.replace, self.resume, self.progress, self.next_seq, self.last_seq)
         self.resume = None
+        self.next_seq += outcome.batches
         self.rows_done += outcome.rows_done
         for k, v in outcome.stats.items():
             self.stats[k] = self.stats.get(k, 0) + v
@@ -573,7 +584,7 @@ def _recover_session(destination: Destination, store: SnapshotStore, audience_id
 
 def _dispatch(spec: SyncSpec, destination: Destination, store: SnapshotStore, audience_id: str,
               ops: list[Operation], options: RunOptions, replace: bool, resume: dict | None,
-              progress: Progress | None = None) -> Outcome:
+              progress: Progress | None = None, first_seq: int = 1, last_seq: int | None = None) -> Outcome:
     def save_state(state: dict) -> None:
         store.write_session({"run_id": options.run_id, "audience_id": audience_id, "replace": replace,
                              "state": state})
@@ -587,7 +598,8 @@ def _dispatch(spec: SyncSpec, destination: Destination, store: SnapshotStore, au
     dispatcher = Dispatcher(session, caps.max_batch_rows, spec.name, options, spec.batch_size,
                             spec.create_profiles, parallel=parallel,
                             slots=account_slots(f"{destination.type_name}:{destination.account()}",
-                                                caps.max_parallel_batches), progress=progress)
+                                                caps.max_parallel_batches), progress=progress,
+                            first_seq=first_seq, last_seq=last_seq)
     return dispatcher.run(ops)
 
 
