@@ -9,9 +9,10 @@ own, dropped at the end). Two runs follow, each done as the Dagster assets do it
 1. read: the audience's SQL through the engine's warehouse reader (DuckDB as Arrow, PostgreSQL by
    COPY), `query_audience`;
 2. materialize: `build_membership` (null and duplicate keys set aside), the membership written as
-   Parquet and read back, as the sync asset reads it;
-3. sync: `run_sync` (identifiers normalised and hashed, the diff against the snapshot, batches sent,
-   what was accepted committed).
+   the audience asset writes it (`write_membership`: with its key hash, clustered by partition);
+3. sync: `run_sync` on that file, as the sync asset passes it (read a key-hash partition at a time;
+   identifiers normalised and hashed, the diff against the snapshot, batches sent, what was
+   accepted committed).
 
 The first run syncs all N members; the rerun's audience has lost 2% of them and gained 2% others.
 HTTP destinations talk to their fake server, run in a process of its own (this script, with
@@ -35,14 +36,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from audience_pipelines.contract import Target  # noqa: E402
 from audience_pipelines.destinations import destination_type  # noqa: E402
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncSpec, run_sync  # noqa: E402
-from audience_pipelines.engine.membership import build_membership, write_parquet_atomic  # noqa: E402
+from audience_pipelines.engine.membership import build_membership, write_membership  # noqa: E402
+from audience_pipelines.engine.partitions import ClusteredFile  # noqa: E402
 from audience_pipelines.engine.warehouse import query_audience  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -149,15 +150,14 @@ def one_run(engine, lo: int, hi: int, tmp: Path, spec: SyncSpec, store: Snapshot
     times["read"] = time.perf_counter() - started
     mark = time.perf_counter()
     membership = build_membership("bench", rows, "customer_id")
-    path = write_parquet_atomic(membership.table, tmp / "audiences" / "bench" / "membership.parquet")
-    members = pq.read_table(path)
+    members = ClusteredFile(write_membership(membership.table, tmp / "audiences" / "bench" / "membership.parquet"))
     times["materialize"] = time.perf_counter() - mark
     mark = time.perf_counter()
     result = run_sync(spec, members, destination, store, RunOptions(
         run_id=run_id, parallel_batches=parallel, progress=lambda line: print(f"  {run_id}: {line}", file=sys.stderr, flush=True)))
     times["sync"] = time.perf_counter() - mark
     times["total"] = time.perf_counter() - started
-    return times, members.num_rows, result.added + result.removed + result.updated
+    return times, members.rows, result.added + result.removed + result.updated
 
 
 def main() -> int:

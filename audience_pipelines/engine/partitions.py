@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from audience_pipelines.contract.columns import KEY, KEY_HASH
+from audience_pipelines.contract.columns import KEY, KEY_HASH, ROW_HASH
 
 PARTITION_ROWS = 1_000_000  # members per partition a run aims for: memory is bounded by a few of them
 MAX_BITS = 10
@@ -79,7 +79,12 @@ class ClusteredWriter:
         self.path, self.schema, self.bits = Path(path), schema, bits
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = pq.ParquetWriter(self.tmp, schema, compression="zstd", compression_level=1)
+        # Unique values (keys, hashes) skip the dictionary a Parquet writer tries first; only the key hash
+        # needs statistics (they say which partition a row group holds).
+        self._writer = pq.ParquetWriter(
+            self.tmp, schema, compression="zstd", compression_level=1,
+            use_dictionary=[c for c in schema.names if c not in (KEY, KEY_HASH, ROW_HASH)],
+            write_statistics=[KEY_HASH] if KEY_HASH in schema.names else False)
         self.rows = 0
         self._next = 0
 
