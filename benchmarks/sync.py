@@ -150,7 +150,8 @@ def one_run(engine, lo: int, hi: int, tmp: Path, spec: SyncSpec, store: Snapshot
     times["read"] = time.perf_counter() - started
     mark = time.perf_counter()
     membership = build_membership("bench", rows, "customer_id")
-    members = ClusteredFile(write_membership(membership.table, tmp / "audiences" / "bench" / "membership.parquet"))
+    members = ClusteredFile(write_membership(membership.table, tmp / "audiences" / "bench" / "membership.parquet",
+                                             membership.key_hash))
     times["materialize"] = time.perf_counter() - mark
     mark = time.perf_counter()
     result = run_sync(spec, members, destination, store, RunOptions(

@@ -84,7 +84,7 @@ class Audience(dg.Component, dg.Model, dg.Resolvable):
                 m = build_membership(name, rows, key_column)
             except AudiencePipelinesError as exc:
                 raise dg.Failure(description=str(exc)) from exc
-            path = write_membership(m.table, storage.membership_path(name))
+            path = write_membership(m.table, storage.membership_path(name), m.key_hash)
             write_parquet_atomic(m.set_aside, storage.set_aside_path(name))
             bad = m.set_aside.num_rows
             share = bad / rows.num_rows if rows.num_rows else 0.0

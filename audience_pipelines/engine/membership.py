@@ -27,6 +27,7 @@ SAMPLE = 10
 @dataclass
 class Membership:
     table: pa.Table  # `key` first, then the query's other columns
+    key_hash: np.ndarray  # of each kept row's key, computed once (write_membership stores it)
     set_aside: pa.Table  # the set-aside rows plus a `reason` column
     null_keys: int = 0
     duplicate_keys: int = 0  # distinct keys that appeared more than once
@@ -47,17 +48,19 @@ def build_membership(audience: str, rows: pa.Table, key_column: str) -> Membersh
     table = rows.drop_columns([KEY]) if KEY in rows.column_names and key_column != KEY else rows
     table = table.set_column(table.column_names.index(KEY), KEY, key) if KEY in table.column_names \
         else table.add_column(0, KEY, key)
-    null = np.asarray(pc.is_null(key), dtype=bool) | np.asarray(pc.equal(pc.utf8_trim_whitespace(key.fill_null("")), ""), dtype=bool)
-    counts = pc.value_counts(key.filter(pa.array(~null)))
-    dup_values = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
-    dup = np.asarray(pc.is_in(key, value_set=dup_values).fill_null(False), dtype=bool) & ~null
+    filled = key.fill_null("")
+    null = np.asarray(pc.is_null(key), dtype=bool) | (np.asarray(pc.binary_length(filled), dtype=np.int64) == 0) \
+        | np.asarray(pc.utf8_is_space(filled), dtype=bool)
+    kh = key_hash(key)
+    dup_values, dup = _duplicates(key, kh, null)
     bad = null | dup
     reasons = np.where(null, "null key", "duplicate key")
     set_aside = table.filter(pa.array(bad)).append_column("reason", pa.array(reasons[bad], pa.string()))
     samples = [{"key": r[KEY], "reason": r["reason"]}
                for r in set_aside.select([KEY, "reason"]).slice(0, SAMPLE).to_pylist()]
     return Membership(
-        table=table.filter(pa.array(~bad)),
+        table=table.filter(pa.array(~bad)) if bad.any() else table,
+        key_hash=kh[~bad] if bad.any() else kh,
         set_aside=set_aside,
         null_keys=int(null.sum()),
         duplicate_keys=len(dup_values),
@@ -66,10 +69,24 @@ def build_membership(audience: str, rows: pa.Table, key_column: str) -> Membersh
     )
 
 
-def write_membership(table: pa.Table, path: str | Path) -> Path:
-    """The membership with its key hash, computed once here, clustered by key-hash partition so a sync
-    reads it one partition at a time (engine.partitions)."""
-    kh = pa.array(key_hash(table[KEY]), pa.uint64())
+def _duplicates(key: pa.ChunkedArray, kh: np.ndarray, null: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """Keys held by more than one row, and those rows. Equal key hashes find the few candidates
+    (sorting 64-bit hashes beats counting strings); the strings decide."""
+    live = np.sort(kh[~null])
+    twice = np.unique(live[1:][live[1:] == live[:-1]])
+    if len(twice) == 0:
+        return pa.array([], pa.string()), np.zeros(len(kh), dtype=bool)
+    candidate = np.isin(kh, twice) & ~null
+    counts = pc.value_counts(key.filter(pa.array(candidate)))
+    dup_values = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    dup = np.asarray(pc.is_in(key, value_set=dup_values).fill_null(False), dtype=bool) & candidate
+    return dup_values, dup
+
+
+def write_membership(table: pa.Table, path: str | Path, kh: np.ndarray | None = None) -> Path:
+    """The membership with its key hash (computed once, by build_membership), clustered by key-hash
+    partition so a sync reads it one partition at a time (engine.partitions)."""
+    kh = pa.array(key_hash(table[KEY]) if kh is None else kh, pa.uint64())
     table = table.drop_columns([KEY_HASH]) if KEY_HASH in table.column_names else table
     return write_clustered(table.append_column(KEY_HASH, kh), Path(path), partition_bits(table.num_rows))
 

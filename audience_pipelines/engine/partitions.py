@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,10 +50,13 @@ def split(table: pa.Table, bits: int) -> list[pa.Table]:
     """The table's rows of each partition, in partition order (row order kept within one)."""
     if bits == 0:
         return [table]
-    part = partition_of(key_hashes(table), bits)
+    part = partition_of(key_hashes(table), bits).astype(np.uint16)  # MAX_BITS fits: numpy's radix sort
     order = np.argsort(part, kind="stable")
     bounds = np.searchsorted(part[order], np.arange((1 << bits) + 1))
-    ordered = table.take(pa.array(order, pa.int64()))
+    idx = pa.array(order, pa.int64())
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # one column per thread
+        columns = list(pool.map(lambda c: c.take(idx), table.columns))
+    ordered = pa.Table.from_arrays(columns, schema=table.schema)
     return [ordered.slice(bounds[p], bounds[p + 1] - bounds[p]) for p in range(1 << bits)]
 
 
