@@ -123,6 +123,7 @@ class MemoryJobDestination(_Members, Destination):
         self.jobs: dict[str, dict] = {}  # job id -> {"ops": [...], "status": PENDING|SUCCESS|FAILED}
         self.fail_next_job: str | None = None  # the job's failure reason
         self.crash_after_job = False  # die after the job ran, before the engine hears of it
+        self.jobs_left_running = 0  # this many sessions end with their job still running
         self.created: list[str] = []
         self._ids = itertools.count(1)
 
@@ -190,6 +191,9 @@ class _JobSession(Session):
         if not complete:
             return Finish("failed", reason=f"job {self.job} abandoned before it ran")
         self.ctx.save_state({"job": self.job, "stage": "running"})
+        if self.dest.jobs_left_running:
+            self.dest.jobs_left_running -= 1
+            return Finish("unknown", reason=f"job {self.job} still running")
         status = self.dest.run_job(self.job)
         if self.dest.crash_after_job:
             raise Crash("died after the job ran")

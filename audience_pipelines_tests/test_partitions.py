@@ -217,3 +217,21 @@ def test_batches_are_numbered_across_partitions_and_only_the_runs_last_is_last(t
     assert len({r for _, _, r in seen}) == len(seen)  # idempotency keys never repeat within a run
     written = pa.concat_tables([pacsv.read_csv(p) for p in (tmp_path / "out" / "vip" / "r1").glob("add-*.csv")])
     assert sorted(written["key"].to_pylist()) == [f"k{i:05d}" for i in range(2000)]
+
+
+def test_a_job_still_running_holds_the_later_partitions_for_the_next_run(tmp_path):
+    from audience_pipelines_tests.memory_destination import MemoryJobDestination
+
+    dest = MemoryJobDestination(batch_rows=100)
+    dest.jobs_left_running = 1
+    store = SnapshotStore(tmp_path, "p")
+    table = members(0, 1000)
+    first = run_sync(SPEC, table, dest, store, RunOptions(run_id="r1", partition_rows=250))
+    assert first.added == 0 and first.failed == 0 and dest.audiences[first.destination_audience_id] == {}
+    assert any("still running" in n and "then sends the 3 partition(s) after it" in n for n in first.notes)
+    assert store.read_session() is not None and store.read_pending().num_rows == 1000
+    second = run_sync(SPEC, table, dest, store, RunOptions(run_id="r2", partition_rows=250))
+    assert second.failed == 0 and any("ran: SUCCESS" in n for n in second.notes)
+    assert dest.members(second.destination_audience_id) == {
+        r["key"]: {"email": r["email"], "plan": r["plan"]} for r in table.to_pylist()}
+    assert store.read_pending() is None and store.read_session() is None and store.manifest().rows == 1000

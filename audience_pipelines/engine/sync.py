@@ -254,6 +254,7 @@ def run_sync(
                 part = parts.prepare(p, sent=run.error is None and not run.held_back)
                 journal_p = journal.read(p, bits) if journal is not None else None
                 if part.payload is None:  # not sent this run: held as it was, still journalled
+                    run.waiting += 1
                     writer.write(p, part.old)
                     if journal_p is not None:
                         unanswered.write(p, journal_p)
@@ -304,7 +305,8 @@ def run_sync(
         result.snapshot_rows = store.manifest().rows
         if run.unfinished is not None and run.error is None:
             notes.append(f"the destination has not finished applying this run's changes "
-                         f"({run.unfinished or 'still running'}); the next run settles them")
+                         f"({run.unfinished or 'still running'}); the next run settles them"
+                         + (f", then sends the {run.waiting} partition(s) after it" if run.waiting else ""))
         if run.error is not None:
             result.duration_s = time.monotonic() - started
             raise SyncAborted(
@@ -458,6 +460,7 @@ class _Run:
         self.next_seq, self.last_seq = 1, batches  # batches are numbered across partitions
         self.error: BaseException | None = None
         self.held_back = False  # a session not finished yet: later partitions wait for the next run
+        self.waiting = 0  # partitions not sent this run
         self.unfinished: str | None = None
         self.settled = True
         self.rows_done = 0
