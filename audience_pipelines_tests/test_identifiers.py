@@ -219,3 +219,11 @@ def test_large_repetitive_input_keeps_every_row():
     assert len(hashed) == 100_000 and out.values.null_count == 0
     assert hashed[:3].to_pylist() == [sha("14155552600"), sha("14165552601"), sha("14175552602")]
     assert len(pc.unique(hashed)) == 150
+
+
+def test_sha256_of_many_distinct_values_is_hashlibs_in_order():
+    # Past 10,000 distinct values the hashes come from DuckDB's native sha256, in the values' order.
+    values = [None if i % 11 == 0 else f"pérson{i}@example.com" if i % 3 else f"{i}" for i in range(30_000)]
+    values += ["", "ß" * 500, "p1@example.com"]
+    expected = [None if v is None else hashlib.sha256(v.encode()).hexdigest() for v in values]
+    assert sha256_hex(pa.chunked_array([values[:7000], values[7000:]], pa.string())).to_pylist() == expected

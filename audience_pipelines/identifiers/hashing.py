@@ -36,9 +36,30 @@ def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
+_NATIVE_FROM = 10_000  # distinct values from which DuckDB's native SHA-256 beats a Python loop
+
+
+def _sha256_native(values: pa.Array) -> pa.Array:
+    """DuckDB's sha256 over the values, in their order (a plain projection keeps insertion order):
+    about 4x faster than hashlib one value at a time, and identical."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.register("identifier_values", pa.table({"v": values}))
+        hashed = con.sql("SELECT sha256(v) AS h FROM identifier_values").to_arrow_table()["h"]
+    finally:
+        con.close()
+    return hashed.combine_chunks().cast(pa.string())
+
+
 def sha256_hex(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Lowercase 64-hex SHA-256 of each UTF-8 value; nulls stay null."""
-    return map_unique(as_string_array(values), _sha256)
+    values = as_string_array(values)
+    encoded = pc.dictionary_encode(values)
+    if len(encoded.dictionary) < _NATIVE_FROM:
+        return map_unique(values, _sha256)
+    return _sha256_native(encoded.dictionary).take(encoded.indices)
 
 
 def is_sha256_hex(values: pa.Array | pa.ChunkedArray) -> pa.Array:
