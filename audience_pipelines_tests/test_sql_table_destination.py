@@ -124,3 +124,32 @@ def test_a_table_without_a_unique_key_is_still_upserted(tmp_path):
         assert sorted(conn.execute(sa.text("select key, plan from audience_members")).fetchall()) == [
             ("a", "silver"), ("b", "silver")]
     engine.dispose()
+
+
+@pytest.mark.parametrize("database", ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_adds_of_keys_the_table_already_holds_are_upserted_never_refused(tmp_path, request, database):
+    # Adds go as a plain INSERT; a key already there (a lost snapshot, a batch sent before a
+    # crash) must turn into an update of that row. Another unique column still refuses its row alone.
+    url = f"duckdb:///{tmp_path / 'crm.duckdb'}" if database == "duckdb" else request.getfixturevalue("pg_schema")[0]
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text('create table audience_members (audience text, key text, email text unique, '
+                             '"tier:level" text, synced_at timestamp with time zone, primary key (audience, key))'))
+        conn.execute(sa.text("""insert into audience_members values
+            ('vip', 'k25', 'old25@example.com', 'old', null), ('vip', 'k26', 'old26@example.com', 'old', null),
+            ('other', 'x', 'k40@example.com', 'x', null)"""))
+    spec = SyncSpec(name="t", audience="a", destination="db", target=Target(name="vip"),
+                    identifiers={"email": "email"}, fields={"tier:level": "plan"}, batch_size=20)
+    keys = [f"k{i:02d}" for i in range(50)]
+    dest = SqlTableDestination(SqlTableSettings(url=url, table="audience_members"))
+    try:
+        result = run_sync(spec, members(keys), dest, SnapshotStore(tmp_path / "snapshots", "t"), RunOptions(run_id="r1"))
+    finally:
+        dest.close()
+    assert (result.added, result.failed) == (49, 1)
+    assert pq.read_table(result.rejected_path)["key"].to_pylist() == ["k40"]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text('select key, email, "tier:level", synced_at is not null '
+                                    "from audience_members where audience = 'vip' order by key")).fetchall()
+    assert rows == [(k, f"{k}@example.com", "gold", True) for k in keys if k != "k40"]
+    engine.dispose()

@@ -78,6 +78,11 @@ def _refused_by_rows(write: Callable[[str, pa.Table], BatchResult], audience_id:
         raise RowsRefused(f"the database refused the row: {detail}") from None
 
 
+def _duplicate_key(exc: sa.exc.IntegrityError) -> bool:
+    """The table already holds one of the batch's (audience, key)s (PostgreSQL 23505, DuckDB's wording)."""
+    return getattr(exc.orig, "pgcode", None) == "23505" or "Duplicate key" in str(exc.orig)
+
+
 def _copy_csv(raw, statement: str, table: pa.Table) -> None:
     """COPY ... FROM STDIN with the table as CSV (unquoted empty: NULL; strings always quoted)."""
     buffer = io.BytesIO()
@@ -105,6 +110,7 @@ class SqlTableDestination(BatchDestination[SqlTableSettings]):
             else sa.create_engine(url)
         self._known: set[str] | None = None  # columns the table is known to have
         self._keyed: bool | None = None  # has a unique (audience, key), so ON CONFLICT works
+        self._adds_conflict = False  # an add met a key the table holds: upsert adds from then on
 
     def _columns_for(self, rows: pa.Table) -> list[str]:
         return [KEY, *sent_columns(rows)]
@@ -149,7 +155,8 @@ class SqlTableDestination(BatchDestination[SqlTableSettings]):
         conn.execute(sa.delete(t).where(t.c[AUDIENCE_COL] == audience_id, t.c[KEY].in_(keys)))
 
     def add(self, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult:
-        return with_file_lock_retry(lambda: _refused_by_rows(self._upsert, audience_id, rows))
+        return with_file_lock_retry(lambda: _refused_by_rows(
+            lambda a, r: self._upsert(a, r, ctx.operation), audience_id, rows))
 
     def _on_conflict(self, records: list[dict]):
         """INSERT ... VALUES ... ON CONFLICT (audience, key) DO UPDATE, where the dialect has it.
@@ -176,11 +183,11 @@ class SqlTableDestination(BatchDestination[SqlTableSettings]):
                 set_={c: stmt.excluded[c] for c in columns if c not in (AUDIENCE_COL, KEY)}))
         return statements
 
-    def _upsert(self, audience_id: str, rows: pa.Table) -> BatchResult:
+    def _upsert(self, audience_id: str, rows: pa.Table, operation: str = "update") -> BatchResult:
         self._ensure_columns(rows)
         cols = self._columns_for(rows)
         now = dt.datetime.now(dt.timezone.utc)
-        if self._keyed is not False and self._bulk_upsert(audience_id, rows.select(cols), now):
+        if self._keyed is not False and self._bulk_upsert(audience_id, rows.select(cols), now, operation):
             return BatchResult()
         records = rows.select(cols).to_pylist()
         for r in records:
@@ -205,48 +212,74 @@ class SqlTableDestination(BatchDestination[SqlTableSettings]):
             conn.execute(sa.insert(self._clause([AUDIENCE_COL, *cols, SYNCED_AT_COL])), records)
         return BatchResult()
 
-    def _bulk_upsert(self, audience_id: str, rows: pa.Table, now: dt.datetime) -> bool:
-        """Upsert the batch from Arrow in one statement (PostgreSQL, DuckDB); False where this does not apply."""
+    def _bulk_upsert(self, audience_id: str, rows: pa.Table, now: dt.datetime, operation: str) -> bool:
+        """Upsert the batch from Arrow in one statement (PostgreSQL, DuckDB); False where this does not apply.
+
+        Adds are first tried as a plain INSERT, which PostgreSQL runs about 1.6x faster than
+        ON CONFLICT; a key the table already holds (a resend, a retried batch) rolls that back
+        and the batch is upserted instead, as is every later add of this client.
+        """
         name = self.engine.dialect.name
         if name not in ("postgresql", "duckdb") or any(pa.types.is_nested(f.type) for f in rows.schema):
             return False
-        n = rows.num_rows
-        batch = rows.append_column(AUDIENCE_COL, pa.array([audience_id] * n, pa.string())) \
-            .append_column(SYNCED_AT_COL, pa.array([now] * n, pa.timestamp("us", tz="UTC")))
         prep = self.engine.dialect.identifier_preparer
         target = prep.quote(self.settings.table) if not self.settings.db_schema else \
             f"{prep.quote_schema(self.settings.db_schema)}.{prep.quote(self.settings.table)}"
         staged = f"audience_batch_{uuid.uuid4().hex[:12]}"
-        columns = ", ".join(prep.quote(c) for c in batch.column_names)
-        updates = ", ".join(f"{prep.quote(c)} = excluded.{prep.quote(c)}" for c in batch.column_names
-                            if c not in (AUDIENCE_COL, KEY))
-        upsert = (f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {staged} "
-                  f"ON CONFLICT ({prep.quote(AUDIENCE_COL)}, {prep.quote(KEY)}) DO UPDATE SET {updates}")
-        dbapi = self.engine.dialect.dbapi
-        refused = tuple(e for e in (getattr(dbapi, "DataError", None), getattr(dbapi, "IntegrityError", None))
-                        if isinstance(e, type) and issubclass(e, BaseException))
+        columns = ", ".join(prep.quote(c) for c in rows.column_names)
+        updates = ", ".join(f"{prep.quote(c)} = excluded.{prep.quote(c)}"
+                            for c in [*rows.column_names, SYNCED_AT_COL] if c not in (AUDIENCE_COL, KEY))
+        # The audience and the time are bound once, not repeated in every row (formatting
+        # a timestamp per row cost more than all the other columns together). In a bound
+        # statement a quoted identifier holding ':' must not read as a parameter.
+        esc = lambda sql: sql.replace(":", "\\:")  # noqa: E731
+        insert = (f"INSERT INTO {esc(target)} ({prep.quote(AUDIENCE_COL)}, {esc(columns)}, "
+                  f"{prep.quote(SYNCED_AT_COL)}) SELECT :audience, {esc(columns)}, :synced_at FROM {staged}")
+        upsert = (f"{insert} ON CONFLICT ({prep.quote(AUDIENCE_COL)}, {prep.quote(KEY)}) "
+                  f"DO UPDATE SET {esc(updates)}")
+        stage = (staged, columns, target)
+        if operation == "add" and not self._adds_conflict:
+            try:
+                self._write_staged(rows, stage, insert, audience_id, now)
+                self._keyed = True
+                return True
+            except sa.exc.IntegrityError as exc:
+                if not _duplicate_key(exc):
+                    raise
+                self._adds_conflict = True
         try:
-            with self.engine.begin() as conn:
-                raw = conn.connection.dbapi_connection
-                if name == "duckdb":
-                    # The view goes with the connection, which is closed after each batch (NullPool).
-                    raw.register(staged, batch)
-                    conn.exec_driver_sql(upsert)
-                else:
-                    conn.exec_driver_sql(f"CREATE TEMP TABLE {staged} ON COMMIT DROP AS SELECT {columns} "
-                                         f"FROM {target} WITH NO DATA")
-                    _copy_csv(raw, f"COPY {staged} ({columns}) FROM STDIN WITH (FORMAT csv)", batch)
-                    conn.exec_driver_sql(upsert)
+            self._write_staged(rows, stage, upsert, audience_id, now)
         except sa.exc.ProgrammingError:
             if self._keyed:
                 raise
             self._keyed = False  # no unique (audience, key) to conflict on: the row-by-row path
             return False
-        except refused as exc:
-            # COPY runs on the driver's cursor, outside SQLAlchemy's wrapping of errors.
-            raise RowsRefused(f"the database refused the row: {str(exc).strip().splitlines()[0][:300]}") from None
         self._keyed = True
         return True
+
+    def _write_staged(self, rows: pa.Table, stage: tuple[str, str, str], statement: str, audience_id: str,
+                      now: dt.datetime) -> None:
+        """Stage the batch (a registered Arrow table on DuckDB, COPY into a temporary table on
+        PostgreSQL) and run `statement` over it, in one transaction."""
+        staged, columns, target = stage
+        dbapi = self.engine.dialect.dbapi
+        refused = tuple(e for e in (getattr(dbapi, "DataError", None), getattr(dbapi, "IntegrityError", None))
+                        if isinstance(e, type) and issubclass(e, BaseException))
+        with self.engine.begin() as conn:
+            raw = conn.connection.dbapi_connection
+            if self.engine.dialect.name == "duckdb":
+                # The view goes with the connection, which is closed after each batch (NullPool).
+                raw.register(staged, rows)
+            else:
+                conn.exec_driver_sql(f"CREATE TEMP TABLE {staged} ON COMMIT DROP AS SELECT {columns} "
+                                     f"FROM {target} WITH NO DATA")
+                try:
+                    _copy_csv(raw, f"COPY {staged} ({columns}) FROM STDIN WITH (FORMAT csv)", rows)
+                except refused as exc:
+                    # COPY runs on the driver's cursor, outside SQLAlchemy's wrapping of errors.
+                    raise RowsRefused("the database refused the row: "
+                                      f"{str(exc).strip().splitlines()[0][:300]}") from None
+            conn.execute(sa.text(statement), {"audience": audience_id, "synced_at": now})
 
     def remove(self, audience_id: str, rows: pa.Table, ctx: BatchContext) -> BatchResult:
         return with_file_lock_retry(lambda: _refused_by_rows(self._delete_rows, audience_id, rows))
