@@ -701,6 +701,9 @@ def _unanswered(journal: pa.Table | None, ops: list[Operation], answered: dict[s
     """Journal rows the destination gave no answer for: their fate stays unknown."""
     if journal is None:
         return None
+    sent = [op for op in ops if op.name != "resend"]
+    if journal.num_rows == sum(len(op.positions) for op in sent) and all(answered[op.name].all() for op in sent):
+        return journal.slice(0, 0)  # the journal is exactly what was sent, and every row was answered
     done = [op.table[KEY].take(pa.array(op.positions[answered[op.name]], pa.int64())).combine_chunks()
             for op in ops if op.name != "resend"]
     if not done:
@@ -794,5 +797,8 @@ def _next_snapshot(new: pa.Table, old: pa.Table, ops: list[Operation],
         if op.dropped is not None and op.previous_positions is not None:
             keep_old[op.previous_positions[op.dropped]] = False
     idx = np.concatenate(take_new) if take_new else np.empty(0, dtype=np.int64)
-    parts = [old.filter(pa.array(keep_old)), new.take(pa.array(idx, pa.int64()))]
-    return pa.concat_tables(parts).combine_chunks()
+    kept = old if keep_old.all() else old.filter(pa.array(keep_old))
+    # A first sync that landed whole is the payload as it is: no copy of every column.
+    taken = new if len(idx) == new.num_rows and np.array_equal(idx, np.arange(len(idx))) \
+        else new.take(pa.array(idx, pa.int64()))
+    return pa.concat_tables([kept, taken])

@@ -55,8 +55,8 @@ def _keep_if(mask: pa.Array, values: pa.Array) -> pa.Array:
     return pc.if_else(pc.fill_null(mask, False), values, _NULL_STR)
 
 
-def _email(v: pa.Array) -> pa.Array:
-    lower = pc.utf8_lower(v)
+def _email(lower: pa.Array) -> pa.Array:
+    """`lower`: already lowercased (normalize lowers every hashable kind once)."""
     return _keep_if(pc.match_substring_regex(lower, _EMAIL_RE), lower)
 
 
@@ -159,12 +159,14 @@ def normalize(
     if kind not in KINDS:
         raise ValueError(f"unknown identifier kind {kind!r}; expected one of {KINDS}")
     trimmed = _blank_to_null(pc.utf8_trim_whitespace(as_string_array(values)))
+    lowered = pc.utf8_lower(trimmed) if kind in _HASHABLE else None
     if kind == "phone":
         out = _phone(trimmed, default_region)
     else:
-        out = _RULES.get(kind, lambda v: v)(trimmed)
-    if kind in _HASHABLE:
-        lowered = pc.utf8_lower(trimmed)
-        out = pc.if_else(is_sha256_hex(lowered), lowered, out)
+        out = _RULES.get(kind, lambda v: v)(lowered if kind == "email" else trimmed)
+    if lowered is not None:
+        prehashed = is_sha256_hex(lowered)
+        if pc.any(prehashed).as_py():
+            out = pc.if_else(prehashed, lowered, out)
     invalid = pc.and_(pc.is_valid(trimmed), pc.is_null(out))
     return Normalized(values=out, invalid=invalid)

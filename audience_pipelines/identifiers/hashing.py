@@ -65,6 +65,9 @@ def sha256_hex(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 def is_sha256_hex(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """True where the value is exactly 64 lowercase hex chars; False for nulls (usable as a mask)."""
     values = as_string_array(values)
+    sized = pc.fill_null(pc.equal(pc.binary_length(values), 64), False)
+    if not pc.any(sized).as_py():
+        return sized  # the common case: no value has a digest's length, no pattern to run
     return pc.fill_null(pc.match_substring_regex(values, _SHA256_HEX), False)
 
 
