@@ -35,6 +35,19 @@ THROTTLES = {  # code -> (subcode, message)
 MetaRequest = namedtuple("MetaRequest", "method path n_rows status")  # one per request
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX = re.compile(r"[0-9a-f]*")
+
+
+def _all_well_formed(fields: list[str], rows: list[list]) -> bool:
+    """Every value a non-empty string and every hashed one 64 lowercase hex: the per-row checks
+    below would pass every row, so they are done column by column at C speed instead."""
+    for j, field in enumerate(fields):
+        column = [row[j] for row in rows]
+        if set(map(type, column)) - {str} or "" in column:
+            return False
+        if field not in UNHASHED and (set(map(len, column)) - {64} or not _HEX.fullmatch("".join(column))):
+            return False
+    return True
 _VERSION = re.compile(r"^/v\d+(?:\.\d+)?(?=/)")
 _ACT_CA = re.compile(r"^/act_([^/]+)/customaudiences$")
 _USERS = re.compile(r"^/(\d+)/users$")
@@ -387,6 +400,8 @@ class FakeMeta(FakeServer):
         # `session` may be a top-level param (docs) or sit inside the payload (some clients).
         session = _jsonish(params.get("session", payload.get("session")), "session") or {}
 
+        if not bad_values and _all_well_formed(fields, rows):
+            return session, len(rows), [frozenset(zip(fields, row)) for row in rows], 0, {}
         valid, samples, n_invalid = [], {}, 0
         for i, row in enumerate(rows):
             nonempty = {f: str(v) for f, v in zip(fields, row) if v not in (None, "")}
