@@ -81,7 +81,7 @@ def serve(kind: str) -> None:
             held = sorted(fake.members.get("vip", {}))
         else:
             aid = fake.audience_id_by_name("vip")
-            held = sorted(v for row in fake.members(aid) for f, v in row if f == "EXTERN_ID") if aid else []
+            held = sorted(fake.member_values(aid, "EXTERN_ID")) if aid else []
     print(json.dumps({"held": held}), flush=True)
 
 

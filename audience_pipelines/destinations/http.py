@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import json
 import random
 import threading
 import time
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
+import orjson
 
 from audience_pipelines.contract import DestinationError
 
@@ -33,6 +35,14 @@ class RetryPolicy:
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max, base * 2^attempt)]."""
         return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** attempt))
+
+
+def encode_json(obj) -> bytes:
+    """Compact UTF-8 JSON, the bytes httpx's own `json=` would send (orjson, about 20x faster)."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:  # what orjson leaves out (integers past 64 bits, non-string keys)
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def json_object(response: httpx.Response) -> dict:
@@ -126,6 +136,9 @@ class HttpClient:
 
         Raises DestinationError when retries run out on throttles, 5xx or timeouts.
         """
+        if "json" in kwargs:  # encoded once, not again on every retry
+            kwargs["content"] = encode_json(kwargs.pop("json"))
+            kwargs["headers"] = {"Content-Type": "application/json", **(kwargs.get("headers") or {})}
         last = ""
         started = self._clock()
         pause = _pause_for(self._client.base_url.join(url), self._clock)

@@ -83,10 +83,11 @@ class ClusteredWriter:
         self.path, self.schema, self.bits = Path(path), schema, bits
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Unique values (keys, hashes) skip the dictionary a Parquet writer tries first; only the key hash
+        # Unique values (keys, hashes) skip the dictionary a Parquet writer tries first, and a small
+        # dictionary limit gives it up early on other unique columns (emails); only the key hash
         # needs statistics (they say which partition a row group holds).
         self._writer = pq.ParquetWriter(
-            self.tmp, schema, compression="zstd", compression_level=1,
+            self.tmp, schema, compression="zstd", compression_level=1, dictionary_pagesize_limit=64 * 1024,
             use_dictionary=[c for c in schema.names if c not in (KEY, KEY_HASH, ROW_HASH)],
             write_statistics=[KEY_HASH] if KEY_HASH in schema.names else False)
         self.rows = 0

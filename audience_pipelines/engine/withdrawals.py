@@ -39,6 +39,9 @@ class StillSent:
                 ids.append(rows[RECORD_ID].combine_chunks().drop_null())
         candidates = {c: pc.unique(pa.concat_arrays(v)) for c, v in wanted.items() if v}
         record_ids = pc.unique(pa.concat_arrays(ids)) if ids else None
+        if not any(len(v) for v in candidates.values()) and not (record_ids is not None and len(record_ids)):
+            # Nothing is withdrawn (a first sync, adds only): the membership need not be read.
+            return cls({c: pa.array([], v.type) for c, v in candidates.items()})
         found: dict[str, list[pa.Array]] = {c: [] for c in candidates}
         holders: list[pa.Table] = []
         for part in members:

@@ -38,16 +38,82 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]*")
 
 
-def _all_well_formed(fields: list[str], rows: list[list]) -> bool:
-    """Every value a non-empty string and every hashed one 64 lowercase hex: the per-row checks
-    below would pass every row, so they are done column by column at C speed instead."""
+def _well_formed_columns(fields: list[str], rows: list[list]) -> list[list[str]] | None:
+    """The payload's columns when every value is a non-empty string and every hashed one 64
+    lowercase hex (the per-row checks would pass every row, so they run column-wise at C speed)."""
+    columns = []
     for j, field in enumerate(fields):
         column = [row[j] for row in rows]
         if set(map(type, column)) - {str} or "" in column:
-            return False
+            return None
         if field not in UNHASHED and (set(map(len, column)) - {64} or not _HEX.fullmatch("".join(column))):
-            return False
-    return True
+            return None
+        columns.append(column)
+    return columns
+
+
+class _Rows:
+    """Uploaded people grouped by their fields (sorted): [(fields, [values, ...]), ...].
+
+    A person is the non-empty (field, value) pairs of a row; value tuples follow `fields`."""
+
+    def __init__(self, groups: list[tuple[tuple[str, ...], list[tuple]]] | None = None):
+        self.groups = groups or []
+
+    def __len__(self) -> int:
+        return sum(len(values) for _, values in self.groups)
+
+    @classmethod
+    def of_columns(cls, fields: list[str], columns: list[list[str]]) -> _Rows:
+        order = sorted(range(len(fields)), key=fields.__getitem__)
+        return cls([(tuple(fields[j] for j in order), list(zip(*(columns[j] for j in order))))])
+
+    def append(self, person: dict[str, str]) -> None:
+        fields = tuple(sorted(person))
+        values = tuple(person[f] for f in fields)
+        for held_fields, held in self.groups:
+            if held_fields == fields:
+                held.append(values)
+                return
+        self.groups.append((fields, [values]))
+
+
+class _People:
+    """One audience's people: for each set of fields, the set of value tuples (compact, where
+    a frozenset of pairs per person made the fake the slowest part of a 1M-row benchmark)."""
+
+    def __init__(self):
+        self.groups: dict[tuple[str, ...], set[tuple]] = {}
+
+    def __len__(self) -> int:
+        return sum(map(len, self.groups.values()))
+
+    def add(self, rows: _Rows) -> None:
+        for fields, values in rows.groups:
+            self.groups.setdefault(fields, set()).update(values)
+
+    def remove(self, rows: _Rows) -> None:
+        """A held person goes when any of its match keys is in the request; a row with none of
+        them takes out only the person it equals."""
+        wanted: dict[str, set[str]] = {}
+        for fields, values in rows.groups:
+            for j, f in enumerate(fields):
+                if f in MATCH_KEYS:
+                    wanted.setdefault(f, set()).update(v[j] for v in values)
+        for fields, held in self.groups.items():
+            for j, w in [(j, wanted[f]) for j, f in enumerate(fields) if f in wanted]:
+                held.difference_update([v for v in held if v[j] in w])
+        for fields, values in rows.groups:
+            if not MATCH_KEYS.intersection(fields) and fields in self.groups:
+                self.groups[fields].difference_update(values)
+
+    def frozensets(self) -> set[frozenset]:
+        return {frozenset(zip(fields, v)) for fields, held in self.groups.items() for v in held}
+
+    def values(self, field: str) -> set[str]:
+        return {v[fields.index(field)] for fields, held in self.groups.items() if field in fields for v in held}
+
+
 _VERSION = re.compile(r"^/v\d+(?:\.\d+)?(?=/)")
 _ACT_CA = re.compile(r"^/act_([^/]+)/customaudiences$")
 _USERS = re.compile(r"^/(\d+)/users$")
@@ -130,7 +196,7 @@ class FakeMeta(FakeServer):
         self.ad_account_id = str(ad_account_id).removeprefix("act_")
         self.api_version = api_version
         self._audiences: dict[str, dict] = {}  # insertion order = creation order = list order
-        self._members: dict[str, set[frozenset]] = {}
+        self._members: dict[str, _People] = {}
         self._invalid_values: set[str] = set()
         self._max_samples = MAX_SAMPLES
         self._ids = itertools.count(23850000000000001)
@@ -154,10 +220,11 @@ class FakeMeta(FakeServer):
         During a usersreplace session: only the rows uploaded so far in that session.
         """
         with self._lock:
-            return set(self._members[str(audience_id)])
+            return self._members[str(audience_id)].frozensets()
 
     def member_values(self, audience_id: str, field: str) -> set[str]:
-        return {v for row in self.members(audience_id) for f, v in row if f == field}
+        with self._lock:
+            return self._members[str(audience_id)].values(field)
 
     def audience_id_by_name(self, name: str) -> str | None:
         with self._lock:
@@ -174,7 +241,7 @@ class FakeMeta(FakeServer):
             self._audiences[aid] = {"id": aid, "name": name, "subtype": "CUSTOM",
                                     "description": description,
                                     "customer_file_source": customer_file_source}
-            self._members[aid] = set()
+            self._members[aid] = _People()
             self._sessions[aid] = []
             return aid
 
@@ -369,12 +436,9 @@ class FakeMeta(FakeServer):
                                  f"{open_['session_id']} is in progress for this audience")
             members = self._members[aid]
             if not remove:
-                members.update(valid)
+                members.add(valid)
             else:
-                # A held person goes when any of its match keys is in the request (one C-level scan).
-                wanted = {pair for row in valid for pair in row if pair[0] in MATCH_KEYS}
-                members.difference_update([h for h in members if not wanted.isdisjoint(h)] if wanted else [])
-                members.difference_update(row for row in valid if not any(p[0] in MATCH_KEYS for p in row))
+                members.remove(valid)
             sid = str(session.get("session_id") or secrets.randbelow(2**62))
             self._record_users_session(aid, sid, session, n_rows, len(valid), n_invalid)
         return {"audience_id": aid, "session_id": sid,
@@ -400,9 +464,9 @@ class FakeMeta(FakeServer):
         # `session` may be a top-level param (docs) or sit inside the payload (some clients).
         session = _jsonish(params.get("session", payload.get("session")), "session") or {}
 
-        if not bad_values and _all_well_formed(fields, rows):
-            return session, len(rows), [frozenset(zip(fields, row)) for row in rows], 0, {}
-        valid, samples, n_invalid = [], {}, 0
+        if not bad_values and (columns := _well_formed_columns(fields, rows)) is not None:
+            return session, len(rows), _Rows.of_columns(fields, columns), 0, {}
+        valid, samples, n_invalid = _Rows(), {}, 0
         for i, row in enumerate(rows):
             nonempty = {f: str(v) for f, v in zip(fields, row) if v not in (None, "")}
             malformed = [(f, v) for f, v in nonempty.items()
@@ -415,7 +479,7 @@ class FakeMeta(FakeServer):
             elif injected:
                 key, reason = injected[0], "invalid entry (injected)"
             else:
-                valid.append(frozenset(nonempty.items()))
+                valid.append(nonempty)
                 continue
             n_invalid += 1
             if len(samples) < min(max_samples, MAX_SAMPLES):
@@ -444,8 +508,8 @@ class FakeMeta(FakeServer):
                            f"{max(rec['responses'])} in replace session {sid}")
             if rec is None:  # first batch: the old membership is gone from here on
                 rec = self._new_session(aid, "replace", sid)
-                self._members[aid] = set()
-            self._members[aid].update(valid)
+                self._members[aid] = _People()
+            self._members[aid].add(valid)
             rec["num_received"] += n_rows
             rec["num_matched"] += len(valid)
             rec["num_invalid"] += n_invalid
