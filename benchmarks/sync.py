@@ -18,7 +18,8 @@ The first run syncs all N members; the rerun's audience has lost 2% of them and 
 HTTP destinations talk to their fake server, run in a process of its own (this script, with
 --serve). Each line gives seconds and rows/s (members in the audience / seconds) per phase and in
 total; the sync phase of the rerun also gives rows sent per second. The destination's final state is
-checked against the rerun's audience (exit 1 on a mismatch).
+checked against the rerun's audience (exit 1 on a mismatch). With the table in PostgreSQL, a last
+line gives the server's own floor: one COPY of the first sync's rows into an empty keyed table.
 """
 
 from __future__ import annotations
@@ -129,6 +130,37 @@ def open_destination(kind: str, url: str | None, tmp: Path, table_db: str, pg_ur
     return dtype.open(dtype.settings_model(**settings)), settings
 
 
+def postgres_floor(pg_url: str, schema: str, data: pa.Table) -> float:
+    """Seconds PostgreSQL itself takes to load the rows the first sync sends: one COPY of them,
+    already formatted, into an empty table shaped and keyed like the destination's. No sync can
+    load them faster into that server; it shares this machine's cores with the sync."""
+    import datetime as dt
+
+    import pyarrow.csv as pa_csv
+    import sqlalchemy as sa
+
+    rows = pa.table({"audience": pa.array(["vip"] * data.num_rows), "key": data["customer_id"],
+                     "email": data["email"], "plan": data["plan"], "country": data["country"],
+                     "lifetime_value": data["lifetime_value"],
+                     "synced_at": pa.array([dt.datetime.now(dt.timezone.utc).isoformat()] * data.num_rows)})
+    buffer = io.BytesIO()
+    pa_csv.write_csv(rows, buffer, pa_csv.WriteOptions(include_header=False))
+    buffer.seek(0)
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE TABLE "{schema}".floor (audience text, key text, email text, plan text, '
+                             "country text, lifetime_value double precision, synced_at timestamptz, "
+                             "PRIMARY KEY (audience, key))")
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        cursor = conn.connection.dbapi_connection.cursor()
+        cursor.copy_expert(f'COPY "{schema}".floor FROM STDIN WITH (FORMAT csv)', buffer)
+        cursor.close()
+    took = time.perf_counter() - started
+    engine.dispose()
+    return took
+
+
 def held_in_table(settings: dict) -> list[str]:
     import sqlalchemy as sa
 
@@ -220,6 +252,10 @@ def main() -> int:
                       f"  (sent/s in sync: {sent / times['sync']:,.0f})", flush=True)
             if args.destination == "sql_table":
                 held = held_in_table(settings)
+                if args.table_db == "postgres":
+                    floor = postgres_floor(args.pg_url, schema, people(n))
+                    print(f"postgres floor: one COPY of the {n:,} rows, preformatted, into an empty keyed table "
+                          f"took {floor:.2f} s ({n / floor:,.0f} rows/s)")
             else:
                 fake.stdin.close()
                 held = json.loads(fake.stdout.readline())["held"]
