@@ -148,10 +148,8 @@ class ClusteredFile:
             spans.append((int(stats.min), int(stats.max)) if ok else None)
         return spans
 
-    def read(self, partition: int, bits: int, columns: list[str] | None = None) -> pa.Table:
-        """The rows of `partition` at level `bits`, with `columns` (all by default)."""
-        if bits == 0:
-            return self.file.read(columns=columns)
+    def _groups(self, partition: int, bits: int) -> tuple[list[int], list[int]]:
+        """The row groups holding only `partition`, and those holding it among others."""
         whole, mixed = [], []
         for g, span in enumerate(self._spans):
             if span is None:
@@ -162,19 +160,52 @@ class ClusteredFile:
                 whole.append(g)
             elif lo <= partition <= hi:
                 mixed.append(g)
+        return whole, mixed
+
+    def _filtered(self, groups: list[int], partition: int, bits: int, want: list[str] | None) -> pa.Table:
+        hashed_by = KEY_HASH if KEY_HASH in self.schema.names else KEY
+        need = None if want is None or hashed_by in want else want + [hashed_by]
+        rows = self.file.read_row_groups(groups, columns=need)
+        rows = rows.filter(pa.array(partition_of(key_hashes(rows), bits) == partition))
+        return rows.select(want) if want is not None else rows
+
+    def _empty(self, want: list[str] | None) -> pa.Table:
+        return self.schema.empty_table() if want is None else self.schema.empty_table().select(want)
+
+    def read(self, partition: int, bits: int, columns: list[str] | None = None) -> pa.Table:
+        """The rows of `partition` at level `bits`, with `columns` (all by default)."""
+        if bits == 0:
+            return self.file.read(columns=columns)
+        whole, mixed = self._groups(partition, bits)
         want = None if columns is None else list(columns)
         parts = []
         if whole:
             parts.append(self.file.read_row_groups(whole, columns=want))
         if mixed:
-            hashed_by = KEY_HASH if KEY_HASH in self.schema.names else KEY
-            need = None if want is None or hashed_by in want else want + [hashed_by]
-            rows = self.file.read_row_groups(mixed, columns=need)
-            rows = rows.filter(pa.array(partition_of(key_hashes(rows), bits) == partition))
-            parts.append(rows.select(want) if want is not None else rows)
+            parts.append(self._filtered(mixed, partition, bits, want))
         if not parts:
-            return self.schema.empty_table() if want is None else self.schema.empty_table().select(want)
+            return self._empty(want)
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+    def take(self, partition: int, bits: int, positions: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+        """Rows at `positions` (ascending) of what `read(partition, bits, columns)` returns, reading one
+        row group at a time, so only the rows asked for are held whole."""
+        whole, mixed = self._groups(partition, bits) if bits else (list(range(self.file.num_row_groups)), [])
+        want = None if columns is None else list(columns)
+        out, offset = [], 0
+        for g, filtered in [(g, False) for g in whole] + [(g, True) for g in mixed]:
+            if not filtered:  # its size is known without reading it
+                n = self.file.metadata.row_group(g).num_rows
+                lo, hi = np.searchsorted(positions, [offset, offset + n])
+                if lo == hi:
+                    offset += n
+                    continue
+            rows = self._filtered([g], partition, bits, want) if filtered else self.file.read_row_group(g, columns=want)
+            lo, hi = np.searchsorted(positions, [offset, offset + rows.num_rows])
+            if hi > lo:
+                out.append(rows.take(pa.array(positions[lo:hi] - offset, pa.int64())))
+            offset += rows.num_rows
+        return pa.concat_tables(out) if out else self._empty(want)
 
     def partitions(self, bits: int, columns: list[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
         for p in range(1 << bits):

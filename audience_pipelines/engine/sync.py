@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from audience_pipelines.contract import (
-    KEY, RECORD_ID, ROW_HASH, Destination, DestinationError, SessionContext, Target, TerminalError,
+    KEY, KEY_HASH, RECORD_ID, ROW_HASH, Destination, DestinationError, SessionContext, Target, TerminalError,
 )
 from audience_pipelines.contract.fields import FieldsRefused
 from audience_pipelines.engine.audiences import AudienceRegistry, open_audience
@@ -266,7 +267,7 @@ def run_sync(
                 if replace:  # rows a replace did not carry are gone from the audience, whatever they were
                     _drop_unreplaced(ops, outcome)
                 new = _with_record_ids(part.payload.table, ops, outcome)
-                writer.write(p, _next_snapshot(new, part.old, ops, outcome.accepted))
+                writer.write(p, _next_snapshot(new, part.old, ops, outcome.accepted, part.plan.unchanged_new))
                 left = _unanswered(journal_p, ops, outcome.answered)
                 if left is not None:
                     unanswered.write(p, left)
@@ -345,9 +346,13 @@ class _Planned:
 
 @dataclass
 class _Part:
-    old: pa.Table  # what is held, with rows of an interrupted run marked unknown
+    # Sent this run: only the held rows it removes or updates, whole (the plan's old positions index
+    # them; unchanged members come from the payload). Not sent: every held row. Rows of an
+    # interrupted run are marked unknown.
+    old: pa.Table
     payload: Payload | None = None  # None: the partition is not sent this run
     plan: DiffPlan | None = None
+    held: int = 0  # rows held in the partition
 
 
 class _Partitions:
@@ -381,11 +386,49 @@ class _Partitions:
         """Partition p as the second pass sends it (the first pass shaped its payload)."""
         if self._kept is not None:
             return self._kept if sent else _Part(self._kept.old)
-        old = self._old(p)
         if not sent:
-            return _Part(old)
+            return _Part(self._old(p))
         payload = Payload(self._staged.read(p, self.bits), self.shape.identifier_columns, self.shape.field_columns)
-        return _Part(old, payload, plan_diff(payload.table, old))
+        return self._diffed(p, payload)
+
+    def _diffed(self, p: int, payload: Payload) -> _Part:
+        """Diff partition p on the held rows' key and row hashes; read the rest of only the held
+        rows the run removes or updates."""
+        narrow, whole_rows = self._held_narrow(p)
+        plan = plan_diff(payload.table, narrow)
+        if RECORD_ID in self.schema.names and self._staged is None:  # staged payloads carry them already
+            payload.table = _with_old_record_ids(payload.table, narrow, plan)
+        changed = np.union1d(plan.remove, plan.update_old).astype(np.int64)
+        at = np.full(narrow.num_rows, -1, dtype=np.int64)
+        at[changed] = np.arange(len(changed))
+        plan = dataclasses.replace(plan, remove=at[plan.remove], update_old=at[plan.update_old],
+                                   unchanged_old=np.full(len(plan.unchanged_new), -1, dtype=np.int64))
+        return _Part(whole_rows(changed), payload, plan, narrow.num_rows)
+
+    def _held_narrow(self, p: int) -> tuple[pa.Table, Callable[[np.ndarray], pa.Table]]:
+        """Partition p's held rows as key, key hash, row hash (and record id), rows of an interrupted
+        run marked unknown; and a reader of whole rows at given (ascending) positions of it."""
+        columns = [c for c in (KEY, KEY_HASH, ROW_HASH, RECORD_ID) if c in self.schema.names]
+        narrow_schema = pa.schema([self.schema.field(c) for c in columns])
+        on_file = [c for c in columns if self.held is not None and c in self.held.schema.names]
+        held = _conform(self.held.read(p, self.bits, on_file), narrow_schema) if self.held \
+            else narrow_schema.empty_table()
+        n_held, extra = held.num_rows, self.schema.empty_table()
+        if self._pending_parts is not None and self._pending_parts[p].num_rows:
+            held, extra = _uncertain_parts(held, _last_per_key(self._pending_parts[p]))
+        narrow = pa.concat_tables([held, extra.select(columns)]).combine_chunks() if extra.num_rows else held
+
+        def whole_rows(positions: np.ndarray) -> pa.Table:
+            from_file, from_pending = positions[positions < n_held], positions[positions >= n_held] - n_held
+            parts = [extra.take(pa.array(from_pending, pa.int64()))]
+            if len(from_file):
+                parts.insert(0, _conform(self.held.take(p, self.bits, from_file), self.schema))
+            rows = pa.concat_tables(parts)
+            # The hashes as planned: unknown where an interrupted run left the row's fate open.
+            return rows.set_column(rows.column_names.index(ROW_HASH), ROW_HASH,
+                                   narrow[ROW_HASH].take(pa.array(positions, pa.int64())))
+
+        return narrow, whole_rows
 
     def plan_all(self, store: SnapshotStore, match_columns: list[str], full: bool, replace: bool,
                  batch_rows: int) -> _Planned:
@@ -393,11 +436,9 @@ class _Partitions:
         spec, planned = self.spec, _Planned()
         self._journal = store.pending_writer(self.schema, self.bits)
         for p in range(1 << self.bits):
-            payload, old = self._shaped(p), self._old(p)
-            plan = plan_diff(payload.table, old)
-            if RECORD_ID in self.schema.names:  # members already held keep the platform's record id
-                payload.table = _with_old_record_ids(payload.table, old, plan)
-            planned.held += old.num_rows
+            part = self._diffed(p, self._shaped(p))  # members already held keep the platform's record id
+            payload, old, plan = part.payload, part.old, part.plan
+            planned.held += part.held
             planned.removes += len(plan.remove)
             planned.kept += len(plan.add) + len(plan.update_new) + len(plan.unchanged_new)
             planned.payload_rows += payload.table.num_rows
@@ -422,7 +463,7 @@ class _Partitions:
             if self._stage is not None:
                 self._stage.write(p, payload.table)
             else:
-                self._kept = _Part(old, payload, plan)
+                self._kept = part
         if self._stage is not None:
             self._staged = ClusteredFile(self._stage.close())
         return planned
@@ -666,14 +707,18 @@ def _with_uncertain(old: pa.Table, pending: pa.Table) -> pa.Table:
     updated or removed); one missing from it is added with an unknown hash (so
     it is removed if the member has left, resent if not).
     """
-    pending = _last_per_key(pending)
+    return pa.concat_tables(_uncertain_parts(old, _last_per_key(pending))).combine_chunks()
+
+
+def _uncertain_parts(old: pa.Table, pending: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """`old` with its pending rows' hashes unknown, and the pending rows it lacks (one per key) likewise."""
     in_old = pc.is_in(old[KEY], value_set=pending[KEY])
     rh = pc.if_else(in_old, pa.scalar(_UNKNOWN, pa.uint64()), old[ROW_HASH])
     old = old.set_column(old.column_names.index(ROW_HASH), ROW_HASH, rh)
     extra = pending.filter(pc.invert(pc.is_in(pending[KEY], value_set=old[KEY])))
     extra = extra.set_column(extra.column_names.index(ROW_HASH), ROW_HASH,
                              pa.array(np.full(extra.num_rows, _UNKNOWN, np.uint64)))
-    return pa.concat_tables([old, extra]).combine_chunks()
+    return old, extra
 
 
 def _last_per_key(table: pa.Table) -> pa.Table:
@@ -768,7 +813,7 @@ def _operations(spec: SyncSpec, plan: DiffPlan, payload: Payload, old: pa.Table,
         ops.append(update)
         ops.append(Operation("add", "added", plan.add, new))
         if full:
-            ops.append(Operation("resend", "resent", plan.unchanged_new, new, previous_positions=plan.unchanged_old))
+            ops.append(Operation("resend", "resent", plan.unchanged_new, new))
         else:
             result.unchanged += len(plan.unchanged_new)
     else:
@@ -777,27 +822,32 @@ def _operations(spec: SyncSpec, plan: DiffPlan, payload: Payload, old: pa.Table,
     return ops
 
 
-def _next_snapshot(new: pa.Table, old: pa.Table, ops: list[Operation],
-                   accepted: dict[str, np.ndarray]) -> pa.Table:
-    """Old snapshot - accepted removes - accepted updates and resends (old side) + their new side + accepted adds.
+def _next_snapshot(new: pa.Table, changed: pa.Table, ops: list[Operation], accepted: dict[str, np.ndarray],
+                   unchanged: np.ndarray) -> pa.Table:
+    """Held rows the run removes or updates (`changed`), less those accepted; plus the payload's rows of
+    accepted updates and adds and of `unchanged` members (equal to what is held, by their row hash).
 
     After a replace, held rows it did not carry (`dropped`) leave the snapshot too.
     """
-    keep_old = np.ones(old.num_rows, dtype=bool)
-    take_new = []
+    keep_old = np.ones(changed.num_rows, dtype=bool)
+    take_new, gone = [], np.zeros(new.num_rows, dtype=bool)
     for op in ops:
         ok = accepted[op.name]
         if op.name == "remove":
             keep_old[op.positions[ok]] = False
-        elif op.name in ("update", "resend"):  # a resend may bring a new record id
+        elif op.name == "update":
             keep_old[op.previous_positions[ok]] = False
             take_new.append(op.positions[ok])
         elif op.name == "add":
             take_new.append(op.positions[ok])
-        if op.dropped is not None and op.previous_positions is not None:
-            keep_old[op.previous_positions[op.dropped]] = False
-    idx = np.concatenate(take_new) if take_new else np.empty(0, dtype=np.int64)
-    kept = old if keep_old.all() else old.filter(pa.array(keep_old))
+        if op.dropped is not None:
+            if op.previous_positions is not None:
+                keep_old[op.previous_positions[op.dropped]] = False
+            elif op.name == "resend":
+                gone[op.positions[op.dropped]] = True
+    take_new.append(unchanged[~gone[unchanged]])
+    idx = np.sort(np.concatenate(take_new)).astype(np.int64)
+    kept = changed if keep_old.all() else changed.filter(pa.array(keep_old))
     # A first sync that landed whole is the payload as it is: no copy of every column.
     taken = new if len(idx) == new.num_rows and np.array_equal(idx, np.arange(len(idx))) \
         else new.take(pa.array(idx, pa.int64()))
