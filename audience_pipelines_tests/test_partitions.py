@@ -193,6 +193,43 @@ def test_a_membership_file_is_read_one_partition_at_a_time(tmp_path, monkeypatch
     assert snap["key_hash"].to_pylist() == key_hash(snap["key"]).tolist()  # the file's key hash, reused
 
 
+def test_a_run_reads_whole_held_rows_only_for_the_members_it_removes_or_updates(tmp_path, monkeypatch):
+    from audience_pipelines.engine import partitions
+
+    store = SnapshotStore(tmp_path, "p")
+    dest = MemoryDestination(batch_rows=500)
+    run_sync(SPEC, members(0, 3000), dest, store, RunOptions(run_id="r1", partition_rows=400))
+    snapshot = store.snapshot_path()
+    wide_rows, took = [], []
+    real_read, real_take = ClusteredFile.read, ClusteredFile.take
+
+    def read(self, partition, bits, columns=None):
+        out = real_read(self, partition, bits, columns)
+        if self.path == snapshot and set(out.column_names) - {"key", "key_hash", "row_hash"}:
+            wide_rows.append(out.num_rows)
+        return out
+
+    def take(self, partition, bits, positions, columns=None):
+        out = real_take(self, partition, bits, positions, columns)
+        if self.path == snapshot:
+            took.append(out.num_rows)
+        return out
+
+    monkeypatch.setattr(partitions.ClusteredFile, "read", read)
+    monkeypatch.setattr(partitions.ClusteredFile, "take", take)
+    # 100 leave, 20 change their plan, 100 join, 2,880 stay as they were, over 8 partitions.
+    result = run_sync(SPEC, members(100, 3100, changed=range(500, 520)), dest, store,
+                      RunOptions(run_id="r2", partition_rows=400))
+    assert (result.added, result.removed, result.updated, result.unchanged) == (100, 100, 20, 2880)
+    assert wide_rows == [] and sum(took) == 2 * 120  # each pass: the 100 leavers and the 20 changed rows
+    monkeypatch.undo()
+    # The next snapshot still holds every member whole: unchanged ones came from the payload.
+    held = store.read().sort_by("key")
+    assert held.select(["key", "email", "plan"]).to_pylist() == members(100, 3100, changed=range(500, 520)).to_pylist()
+    assert dest.members("aud") == {r["key"]: {"email": r["email"], "plan": r["plan"]}
+                                   for r in members(100, 3100, changed=range(500, 520)).to_pylist()}
+
+
 def test_batches_are_numbered_across_partitions_and_only_the_runs_last_is_last(tmp_path):
     import pyarrow.csv as pacsv
 
