@@ -331,7 +331,7 @@ def worker_engine(data: Path) -> dict:
         new = new.append_column("row_hash", pa.array(row_hash(hash_inputs(new), new["key"]), pa.uint64()))
         old = snapshot.read(p, bits, ["key", "key_hash", "row_hash"])
         plan = plan_diff(new, old, threads=1)  # the partitions already share the cores
-        # As a sync run does: the sent columns of only the held rows it removes, a row group at a time.
+        # As a sync run does: the sent columns of only the held rows it removes, read from only the row groups holding one.
         return {"adds": new.take(pa.array(plan.add, pa.int64())),
                 "updates": new.take(pa.array(plan.update_new, pa.int64())),
                 "removes": snapshot.take(p, bits, plan.remove, ["key", "email"])}

@@ -188,23 +188,26 @@ class ClusteredFile:
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
     def take(self, partition: int, bits: int, positions: np.ndarray, columns: list[str] | None = None) -> pa.Table:
-        """Rows at `positions` (ascending) of what `read(partition, bits, columns)` returns, reading one
-        row group at a time, so only the rows asked for are held whole."""
+        """Rows at `positions` (ascending) of what `read(partition, bits, columns)` returns. Only row
+        groups holding one of them are read, and only the rows asked for are kept."""
         whole, mixed = self._groups(partition, bits) if bits else (list(range(self.file.num_row_groups)), [])
         want = None if columns is None else list(columns)
-        out, offset = [], 0
-        for g, filtered in [(g, False) for g in whole] + [(g, True) for g in mixed]:
-            if not filtered:  # its size is known without reading it
-                n = self.file.metadata.row_group(g).num_rows
-                lo, hi = np.searchsorted(positions, [offset, offset + n])
-                if lo == hi:
-                    offset += n
-                    continue
-            rows = self._filtered([g], partition, bits, want) if filtered else self.file.read_row_group(g, columns=want)
-            lo, hi = np.searchsorted(positions, [offset, offset + rows.num_rows])
-            if hi > lo:
-                out.append(rows.take(pa.array(positions[lo:hi] - offset, pa.int64())))
-            offset += rows.num_rows
+        starts = np.cumsum([0] + [self.file.metadata.row_group(g).num_rows for g in whole])
+        hit = [g for i, g in enumerate(whole)
+               if np.searchsorted(positions, starts[i + 1]) > np.searchsorted(positions, starts[i])]
+        out = []
+        if hit:
+            rows = self.file.read_row_groups(hit, columns=want)
+            # Positions are counted over every whole group; those not read shift the rest down.
+            read = set(hit)
+            skipped = np.cumsum([0] + [self.file.metadata.row_group(g).num_rows if g not in read else 0
+                                       for g in whole])
+            in_whole = positions[positions < starts[-1]]
+            group = np.searchsorted(starts, in_whole, side="right") - 1
+            out.append(rows.take(pa.array(in_whole - skipped[group], pa.int64())))
+        rest = positions[positions >= starts[-1]] - starts[-1]
+        if len(rest):
+            out.append(self._filtered(mixed, partition, bits, want).take(pa.array(rest, pa.int64())))
         return pa.concat_tables(out) if out else self._empty(want)
 
     def partitions(self, bits: int, columns: list[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
