@@ -384,10 +384,10 @@ class _Partitions:
 
     def prepare(self, p: int, sent: bool = True) -> _Part:
         """Partition p as the second pass sends it (the first pass shaped its payload)."""
-        if self._kept is not None:
-            return self._kept if sent else _Part(self._kept.old)
-        if not sent:
+        if not sent:  # held as it was: every row, whole
             return _Part(self._old(p))
+        if self._kept is not None:
+            return self._kept
         payload = Payload(self._staged.read(p, self.bits), self.shape.identifier_columns, self.shape.field_columns)
         return self._diffed(p, payload)
 
