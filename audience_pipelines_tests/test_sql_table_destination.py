@@ -111,8 +111,9 @@ def test_updates_and_resends_keep_rows_other_tables_reference(pg_schema, tmp_pat
     engine.dispose()
 
 
-def test_a_table_without_a_unique_key_is_still_upserted(tmp_path):
-    url = f"duckdb:///{tmp_path / 'crm.duckdb'}"
+@pytest.mark.parametrize("database", ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_table_without_a_unique_key_is_still_upserted(tmp_path, request, database):
+    url = f"duckdb:///{tmp_path / 'crm.duckdb'}" if database == "duckdb" else request.getfixturevalue("pg_schema")[0]
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with engine.begin() as conn:
         conn.execute(sa.text("create table audience_members (audience text, key text, email text, plan text, "
@@ -120,9 +121,11 @@ def test_a_table_without_a_unique_key_is_still_upserted(tmp_path):
     store = SnapshotStore(tmp_path / "snapshots", "t")
     run(url, store, members(["a", "b"]), "r1")
     run(url, store, members(["a", "b"]).set_column(2, "plan", pa.array(["silver"] * 2)), "r2")
+    # A lost snapshot: every member is added again, and nothing can refuse a duplicate row.
+    run(url, SnapshotStore(tmp_path / "lost", "t"), members(["a", "b", "c"]), "r3")
     with engine.connect() as conn:
         assert sorted(conn.execute(sa.text("select key, plan from audience_members")).fetchall()) == [
-            ("a", "silver"), ("b", "silver")]
+            ("a", "gold"), ("b", "gold"), ("c", "gold")]
     engine.dispose()
 
 

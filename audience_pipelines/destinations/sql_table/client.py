@@ -138,6 +138,7 @@ class SqlTableDestination(BatchDestination[SqlTableSettings]):
             cols.append(sa.Column(SYNCED_AT_COL, sa.DateTime(timezone=True)))
             md = sa.MetaData(schema=self.settings.db_schema)
             md.create_all(self.engine, tables=[sa.Table(self.settings.table, md, *cols)], checkfirst=True)
+            self._keyed = True
             existing = [AUDIENCE_COL, KEY, *wanted, SYNCED_AT_COL]
         missing = [c for c in wanted if c not in existing]
         if missing:
@@ -215,9 +216,10 @@ class SqlTableDestination(BatchDestination[SqlTableSettings]):
     def _bulk_upsert(self, audience_id: str, rows: pa.Table, now: dt.datetime, operation: str) -> bool:
         """Upsert the batch from Arrow in one statement (PostgreSQL, DuckDB); False where this does not apply.
 
-        Adds are first tried as a plain INSERT, which PostgreSQL runs about 1.6x faster than
-        ON CONFLICT; a key the table already holds (a resend, a retried batch) rolls that back
-        and the batch is upserted instead, as is every later add of this client.
+        Adds to a table known to have a unique (audience, key) are first tried as a plain INSERT,
+        which PostgreSQL runs about 1.6x faster than ON CONFLICT; a key the table already holds
+        (a resend, a retried batch) rolls that back and the batch is upserted instead, as is every
+        later add of this client. Without that key nothing would refuse a duplicate row.
         """
         name = self.engine.dialect.name
         if name not in ("postgresql", "duckdb") or any(pa.types.is_nested(f.type) for f in rows.schema):
@@ -238,10 +240,9 @@ class SqlTableDestination(BatchDestination[SqlTableSettings]):
         upsert = (f"{insert} ON CONFLICT ({prep.quote(AUDIENCE_COL)}, {prep.quote(KEY)}) "
                   f"DO UPDATE SET {esc(updates)}")
         stage = (staged, columns, target)
-        if operation == "add" and not self._adds_conflict:
+        if operation == "add" and self._keyed and not self._adds_conflict:
             try:
                 self._write_staged(rows, stage, insert, audience_id, now)
-                self._keyed = True
                 return True
             except sa.exc.IntegrityError as exc:
                 if not _duplicate_key(exc):
