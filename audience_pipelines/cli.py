@@ -4,7 +4,6 @@ audiences, and the REST API (`api`), next to the Dagster UI."""
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -181,18 +180,15 @@ def cmd_audiences(args) -> int:
 
 def _run_preview_job(sync: str, config: dict) -> int:
     """Run the sync's preview job in this process on the project's Dagster instance, so it shows in the UI."""
-    import dagster as dg
-
     from audience_pipelines.components.sync import preview_job_name, preview_op_name
-    from audience_pipelines.project import DAGSTER_HOME_ENV, dagster_home
+    from audience_pipelines.instance_state import open_instance
 
     definitions = _load_definitions()
     jobs = {j.name: j for j in definitions.resolve_all_job_defs()}
     if preview_job_name(sync) not in jobs:
         known = sorted(n.removeprefix("preview_") for n in jobs if n.startswith("preview_"))
         raise AudiencePipelinesError(f"no sync named '{sync}' in the definitions (known: {', '.join(known)})")
-    os.environ.setdefault(DAGSTER_HOME_ENV, str(dagster_home()))
-    with dg.DagsterInstance.get() as instance:
+    with open_instance() as instance:
         result = jobs[preview_job_name(sync)].execute_in_process(
             run_config={"ops": {preview_op_name(sync): {"config": config}},
                         "loggers": {"console": {"config": {"log_level": "WARNING"}}}}, instance=instance,
