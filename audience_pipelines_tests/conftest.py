@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 
@@ -57,9 +58,26 @@ def pg_schema(pg_url):
         engine.dispose()
 
 
-def pytest_terminal_summary(terminalreporter):
-    from audience_pipelines_tests.faults import RESULTS, table_text
+FAULT_OUTCOMES: list = []  # gathered from test reports, so tests run in worker processes (xdist) count too
 
-    if RESULTS:
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    from audience_pipelines_tests.faults import RESULTS
+
+    before = len(RESULTS)
+    yield
+    item.user_properties += [("fault_outcome", dataclasses.asdict(o)) for o in RESULTS[before:]]
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        FAULT_OUTCOMES.extend(value for name, value in report.user_properties if name == "fault_outcome")
+
+
+def pytest_terminal_summary(terminalreporter):
+    from audience_pipelines_tests.faults import Outcome, table_text
+
+    if FAULT_OUTCOMES:
         terminalreporter.write_sep("=", "fault matrix: what was tried and whether the promised state held")
-        terminalreporter.write_line(table_text(RESULTS))
+        terminalreporter.write_line(table_text([Outcome(**o) for o in FAULT_OUTCOMES]))
