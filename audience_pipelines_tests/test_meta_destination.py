@@ -14,7 +14,7 @@ from audience_pipelines.engine import (
     CredentialsError, DestinationError, RunOptions, SnapshotStore, SyncAborted, SyncSpec, run_sync,
 )
 from audience_pipelines.engine.audiences import AudienceRegistry
-from audience_pipelines.engine.sync import REGISTRY_DIR
+from audience_pipelines.engine.spec import REGISTRY_DIR
 from audience_pipelines_tests.fakes import FakeMeta
 from audience_pipelines_tests.memory_destination import Crash
 

@@ -81,11 +81,11 @@ KILLED_RUN = textwrap.dedent("""
     from audience_pipelines.destinations.sql_table import SqlTableSettings
     from audience_pipelines.destinations.sql_table.client import SqlTableDestination
     from audience_pipelines.engine import RunOptions, SnapshotStore, SyncSpec, run_sync
-    from audience_pipelines.engine import sync as sync_module
+    from audience_pipelines.engine.passes import Sender
 
     url, root, members_path, run_id, kill_before = sys.argv[1:6]
     kill_before = int(kill_before)
-    send, sessions = sync_module._Run.send, []
+    send, sessions = Sender.send, []
 
     def send_then_die(self, ops, last):
         sessions.append(1)
@@ -93,7 +93,7 @@ KILLED_RUN = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         return send(self, ops, last)
 
-    sync_module._Run.send = send_then_die
+    Sender.send = send_then_die
     spec = SyncSpec(name="crm", audience="a", destination="crm", target=Target(name="vip"),
                     identifiers={"email": "email"}, fields={"plan": "plan"}, batch_size=100)
     dest = SqlTableDestination(SqlTableSettings(url=url, table="audience_members"))

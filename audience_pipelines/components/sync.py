@@ -28,7 +28,8 @@ from audience_pipelines.engine.preview import Preview, choose_test_members, prev
 from audience_pipelines.engine.related import split as split_related
 from audience_pipelines.engine.related import wanted
 from audience_pipelines.engine.segments import SEGMENTS_COLUMN
-from audience_pipelines.engine.sync import MODES, REMOVALS, RUN_KIND_TEXT, audience_report, planned_run_kind
+from audience_pipelines.engine.spec import MODES, REMOVALS, RUN_KIND_TEXT, planned_run_kind
+from audience_pipelines.engine.sync import audience_report
 from audience_pipelines.engine.targets import run_by_column
 from audience_pipelines.resources import AudienceStorage
 

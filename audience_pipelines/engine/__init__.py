@@ -6,7 +6,8 @@ from audience_pipelines.engine.errors import (
 )
 from audience_pipelines.engine.membership import Membership, build_membership
 from audience_pipelines.engine.snapshot import SnapshotStore
-from audience_pipelines.engine.sync import RunOptions, SyncResult, SyncSpec, run_sync
+from audience_pipelines.engine.spec import RunOptions, SyncResult, SyncSpec
+from audience_pipelines.engine.sync import run_sync
 
 __all__ = [
     "AudienceError", "AudiencePipelinesError", "ConfigError", "CredentialsError", "DestinationError",

@@ -15,15 +15,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from audience_pipelines.contract import KEY, ROW_HASH, Destination, without_engine_columns
+from audience_pipelines.contract import KEY, RECORD_ID, ROW_HASH, Destination, without_engine_columns
 from audience_pipelines.engine.audiences import AudienceRegistry
+from audience_pipelines.engine.diff import plan_diff
 from audience_pipelines.engine.errors import ConfigError, MassRemovalBlocked, SyncAborted
-from audience_pipelines.engine.payload import build_payload
-from audience_pipelines.engine.snapshot import Manifest, SnapshotStore
-from audience_pipelines.engine.sync import (
-    REGISTRY_DIR, RUN_KIND_TEXT, RunOptions, SyncSpec, _guard_mass_removal, _held, _match_columns, _operations,
-    _plan, run_sync,
+from audience_pipelines.engine.held import conform, held_file, with_uncertain
+from audience_pipelines.engine.operations import (
+    guard_mass_removal, operations, platform_match_columns, with_old_record_ids,
 )
+from audience_pipelines.engine.passes import Planned, new_result
+from audience_pipelines.engine.payload import Payload, build_payload
+from audience_pipelines.engine.snapshot import Manifest, SnapshotStore
+from audience_pipelines.engine.spec import REGISTRY_DIR, RUN_KIND_TEXT, RunOptions, SyncSpec
+from audience_pipelines.engine.sync import run_sync
 
 SAMPLE_ROWS = 5
 
@@ -75,12 +79,12 @@ def preview_sync(spec: SyncSpec, members: pa.Table, destination: Destination, st
         spec, payload, members, destination, store, options, old, audience_changed, False, audience_id, notes)
     blocked, guard = False, _guard_text(spec, len(plan.remove), old.num_rows, options)
     try:
-        _guard_mass_removal(spec, len(plan.remove), old.num_rows,
-                            len(plan.add) + len(plan.update_new) + len(plan.unchanged_new), options, result)
+        guard_mass_removal(spec, len(plan.remove), old.num_rows,
+                           len(plan.add) + len(plan.update_new) + len(plan.unchanged_new), options, result)
     except MassRemovalBlocked as exc:
         blocked, guard = True, f"would block the run: {exc}"
-    ops = _operations(spec, plan, payload, old, full, result,
-                      [] if replace else _match_columns(spec, destination), replace)
+    ops = operations(spec, plan, payload, old, full, result,
+                     [] if replace else platform_match_columns(spec, destination), replace)
     counts = {op.name: len(op.positions) for op in ops if not op.implicit}
     for op in ops:
         if op.silent is not None and op.silent.any():  # leavers whose identifiers a member still sends
@@ -226,3 +230,37 @@ def _outcomes(keys: list[str], held: pa.Table | None, scratch: SnapshotStore, re
         else:
             outcomes[key] = "resent (unchanged)" if before[key] == now[key] else "updated"
     return outcomes
+
+
+def _held(spec: SyncSpec, store: SnapshotStore, manifest: Manifest | None, audience_id: str | None,
+          notes: list[str]) -> tuple[pa.Table | None, bool]:
+    """As `held_file`, read whole."""
+    held, changed = held_file(spec, store, manifest, audience_id, notes)
+    return (held.file.read() if held is not None else None), changed
+
+
+def _plan(spec: SyncSpec, payload: Payload, members: pa.Table, destination: Destination, store: SnapshotStore,
+          options: RunOptions, old: pa.Table | None, audience_changed: bool, replace_again: bool,
+          audience_id: str | None, notes: list[str]):
+    """The diff of the membership against what is held (with rows of an interrupted run as unknown), and
+    the kind of run it makes: (old, pending, plan, first run, full, replace, result)."""
+    first_run = old is None
+    schema = payload.table.schema
+    old = conform(old, schema) if old is not None else schema.empty_table()
+    pending = store.read_pending()
+    if pending is not None and not audience_changed:
+        pending = conform(pending, schema)
+        old = with_uncertain(old, pending)
+        notes.append(f"{pending.num_rows} rows from an interrupted run are sent again")
+    else:
+        pending = None
+    plan = plan_diff(payload.table, old)
+    if RECORD_ID in schema.names:  # members already held keep the platform's record id
+        payload.table = with_old_record_ids(payload.table, old, plan)
+    full = options.full_resync or replace_again
+    replace = (full and not first_run and destination.capabilities.replaces_audience and spec.mode == "mirror"
+               and spec.sends_removes and payload.table.num_rows > 0)
+    planned = Planned(held=old.num_rows, set_aside=payload.set_aside, set_aside_sample=payload.set_aside_samples,
+                      invalid=payload.invalid_identifiers, invalid_set_aside=payload.invalid_identifiers_set_aside)
+    result = new_result(spec, options, first_run, full, audience_id, members.num_rows, planned, notes, replace)
+    return old, pending, plan, first_run, full, replace, result

@@ -17,7 +17,8 @@ from audience_pipelines.contract import KEY, Destination, Target
 from audience_pipelines.engine.errors import AudiencePipelinesError, MassRemovalBlocked, SyncAborted, SyncInputError
 from audience_pipelines.engine.payload import SAMPLE
 from audience_pipelines.engine.snapshot import SnapshotStore
-from audience_pipelines.engine.sync import RunOptions, SyncResult, SyncSpec, run_sync
+from audience_pipelines.engine.spec import RunOptions, SyncResult, SyncSpec
+from audience_pipelines.engine.sync import run_sync
 
 VALUE_FILE = "target_name.txt"
 
