@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,11 +131,23 @@ class ClusteredFile:
 
     def __init__(self, path: Path, read_dictionary: list[str] | None = None):
         self.path = Path(path)
-        self.file = pq.ParquetFile(self.path, read_dictionary=read_dictionary)
-        meta = self.file.metadata
-        self.rows = meta.num_rows
+        self._read_dictionary = read_dictionary
+        # A reader per thread: one ParquetFile read from two threads at once can fail
+        # ("ReadRangeCache did not find matching cache entry", seen reading 100M members).
+        self._local = threading.local()
+        self._local.reader = pq.ParquetFile(self.path, read_dictionary=read_dictionary)
+        self._meta = self.file.metadata
+        self.rows = self._meta.num_rows
         self.schema = self.file.schema_arrow
-        self._spans = self._group_spans(meta)
+        self._spans = self._group_spans(self._meta)
+
+    @property
+    def file(self) -> pq.ParquetFile:
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self._local.reader = pq.ParquetFile(self.path, metadata=self._meta,
+                                                         read_dictionary=self._read_dictionary)
+        return reader
 
     def _group_spans(self, meta) -> list[tuple[int, int] | None]:
         """Each row group's (min, max) key hash; None where the file cannot say."""
