@@ -90,7 +90,7 @@ def audience_id(dest) -> str:
 # and a crash may fall between two partitions' sends.
 @pytest.mark.parametrize("partition_rows", [None, 2], ids=["one partition", "8 partitions"])
 @pytest.mark.parametrize("flavor", [MemoryDestination, MemoryJobDestination])
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(runs=runs)
 def test_destination_matches_what_each_mode_promises(tmp_path_factory, flavor, partition_rows, runs):
     root = tmp_path_factory.mktemp("snap")

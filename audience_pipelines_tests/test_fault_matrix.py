@@ -34,30 +34,17 @@ def case(request, tmp_path):
         yield c
 
 
-# A throttle is waited out inside the request that met it, whatever the run sends: mirror mode shows it.
-THROTTLES = {"throttle", "system busy"}
-
-
-@pytest.mark.parametrize(("case", "fault", "mode"), [(name, fault, mode) for name, c in CASES.items()
-                                                     for fault in [*c.faults, *ENGINE_FAULTS] for mode in MODES
-                                                     if mode == "mirror" or fault not in THROTTLES],
-                         indirect=["case"])
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize(("case", "fault"), [(name, fault) for name, c in CASES.items()
+                                             for fault in [*c.faults, *ENGINE_FAULTS]], indirect=["case"])
 def test_fault_matrix(case, fault, mode, tmp_path, monkeypatch):
     scenario(case, fault, mode, tmp_path, monkeypatch)
 
 
 # The same faults on runs over key-hash partitions of 2 members (the matrix's 10 to 13 members make up
 # to 8 partitions, one destination session each): a fault or a kill may fall between two partitions.
-# Faults the transport retries away inside one request, refused credentials (the first request
-# stops the run) and a warehouse that fails before any sync runs play out alike over one partition
-# or eight: the matrix above covers them.
-RETRIED_IN_A_REQUEST = {"throttle", "system busy", "5xx", "connection reset", "timeout", "bad credentials",
-                        "warehouse unreachable"}
-
-
 @pytest.mark.parametrize(("case", "fault"), [(name, fault) for name, c in CASES.items()
-                                             for fault in [*c.faults, *ENGINE_FAULTS]
-                                             if fault not in RETRIED_IN_A_REQUEST], indirect=["case"])
+                                             for fault in [*c.faults, *ENGINE_FAULTS]], indirect=["case"])
 def test_fault_matrix_over_partitions(case, fault, tmp_path, monkeypatch):
     monkeypatch.setattr(faults, "PARTITION_ROWS", 2)
     scenario(case, fault, "mirror", tmp_path, monkeypatch, label=", 8 partitions")
