@@ -35,14 +35,20 @@ def run(url, store, table, run_id):
         dest.close()
 
 
+@pytest.fixture(params=["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request, tmp_path) -> str:
+    """The table's database: a DuckDB file, or a throwaway PostgreSQL schema."""
+    if request.param == "duckdb":
+        return f"duckdb:///{tmp_path / 'crm.duckdb'}"
+    return request.getfixturevalue("pg_schema")[0]
+
+
 CREATE = """create table audience_members (audience text, key text, email text check (email not like '%bad%'),
             plan text, synced_at timestamp with time zone, primary key (audience, key))"""
 
 
-@pytest.mark.parametrize("database", ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def test_a_refused_row_fails_alone_and_never_blocks_the_rest(tmp_path, request, database):
+def test_a_refused_row_fails_alone_and_never_blocks_the_rest(tmp_path, url):
     # DuckDB gets each batch as registered Arrow, PostgreSQL by COPY: a refusal still names its row.
-    url = f"duckdb:///{tmp_path / 'crm.duckdb'}" if database == "duckdb" else request.getfixturevalue("pg_schema")[0]
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with engine.begin() as conn:
         conn.execute(sa.text(CREATE))
@@ -111,9 +117,7 @@ def test_updates_and_resends_keep_rows_other_tables_reference(pg_schema, tmp_pat
     engine.dispose()
 
 
-@pytest.mark.parametrize("database", ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def test_a_table_without_a_unique_key_is_still_upserted(tmp_path, request, database):
-    url = f"duckdb:///{tmp_path / 'crm.duckdb'}" if database == "duckdb" else request.getfixturevalue("pg_schema")[0]
+def test_a_table_without_a_unique_key_is_still_upserted(tmp_path, url):
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with engine.begin() as conn:
         conn.execute(sa.text("create table audience_members (audience text, key text, email text, plan text, "
@@ -129,11 +133,9 @@ def test_a_table_without_a_unique_key_is_still_upserted(tmp_path, request, datab
     engine.dispose()
 
 
-@pytest.mark.parametrize("database", ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def test_adds_of_keys_the_table_already_holds_are_upserted_never_refused(tmp_path, request, database):
+def test_adds_of_keys_the_table_already_holds_are_upserted_never_refused(tmp_path, url):
     # Adds go as a plain INSERT; a key already there (a lost snapshot, a batch sent before a
     # crash) must turn into an update of that row. Another unique column still refuses its row alone.
-    url = f"duckdb:///{tmp_path / 'crm.duckdb'}" if database == "duckdb" else request.getfixturevalue("pg_schema")[0]
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with engine.begin() as conn:
         conn.execute(sa.text('create table audience_members (audience text, key text, email text unique, '
