@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from audience_pipelines.contract import Target
-from audience_pipelines.destinations.sql_table import SqlTableSettings
+from audience_pipelines.contract import EnvSecret, Target
+from audience_pipelines.destinations.sql_table import SqlTable, SqlTableSettings
 from audience_pipelines.destinations.sql_table.client import SqlTableDestination
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncSpec, run_sync
 
@@ -158,3 +158,16 @@ def test_adds_of_keys_the_table_already_holds_are_upserted_never_refused(tmp_pat
                                     "from audience_members where audience = 'vip' order by key")).fetchall()
     assert rows == [(k, f"{k}@example.com", "gold", True) for k in keys if k != "k40"]
     engine.dispose()
+
+
+def test_the_account_is_the_database_and_table_without_credentials(monkeypatch):
+    # Batches in flight are limited per account: two databases' tables of one name are two accounts.
+    monkeypatch.setenv("CRM_URL", "postgresql+psycopg2://crm:s3cret-pw@db.internal:5433/crm")
+    monkeypatch.setenv("OTHER_URL", "postgresql+psycopg2://crm:another-pw@db.internal:5433/crm")
+    monkeypatch.setenv("STAGING_URL", "postgresql+psycopg2://crm:s3cret-pw@db.internal:5433/staging")
+    account = lambda var: SqlTable.account(SqlTableSettings(url=EnvSecret(var), table="members"))  # noqa: E731
+    assert account("CRM_URL") == "postgresql://db.internal:5433/crm#.members"
+    assert account("CRM_URL") == account("OTHER_URL") != account("STAGING_URL")
+    assert "pw" not in account("CRM_URL") + account("OTHER_URL")
+    assert SqlTable.account(SqlTableSettings(url="duckdb:///crm.duckdb", table="members", db_schema="main")) \
+        == "duckdb:///crm.duckdb#main.members"

@@ -41,4 +41,13 @@ class SqlTable(DestinationType):
 
     @classmethod
     def account(cls, settings: SqlTableSettings) -> str:
-        return f"{settings.db_schema or ''}.{settings.table}"
+        # The database as well as the table (two databases may each have one of that name); never credentials.
+        import sqlalchemy as sa
+
+        try:
+            url = sa.make_url(settings.url.value())
+        except (ConfigError, sa.exc.ArgumentError):
+            return f"{settings.db_schema or ''}.{settings.table}"
+        port = f":{url.port}" if url.port else ""
+        database = f"{url.get_backend_name()}://{url.host or ''}{port}/{url.database or ''}"
+        return f"{database}#{settings.db_schema or ''}.{settings.table}"
