@@ -12,6 +12,8 @@ import pytest
 
 from audience_pipelines.demo import create_demo_warehouse
 from audience_pipelines.components.load_errors import first_user_error
+from audience_pipelines.components.sources import MembershipSource
+from audience_pipelines.engine import partitions
 from audience_pipelines_tests.dagster_helpers import demo_in_postgres, materialize, metadata, project_defs
 
 SYNC = "syncs/accounts_to_files"
@@ -81,7 +83,21 @@ def expected(con) -> dict[str, tuple]:
         "GROUP BY 1 HAVING count(*) = 1)").fetchall()}
 
 
-def test_related_fields_are_joined_and_a_renamed_company_updates_its_contacts(warehouse, home):
+@pytest.fixture(params=["one partition", "16 partitions"])
+def partitioned(request, monkeypatch):
+    """The related fields are joined a key-hash partition at a time: over 16, the sync never reads the
+    membership whole."""
+    if request.param == "16 partitions":
+        monkeypatch.setattr(partitions, "PARTITION_ROWS", 40)
+
+        def whole(*_):
+            raise AssertionError("the sync read its membership whole")
+
+        monkeypatch.setattr(MembershipSource, "read", whole)
+    return request.param
+
+
+def test_related_fields_are_joined_and_a_renamed_company_updates_its_contacts(warehouse, home, partitioned):
     with project_defs(extra={"related/defs.yaml": YAML}) as defs:
         instance = dg.DagsterInstance.ephemeral()
         first = metadata(materialize(defs, "audiences/business_accounts", SYNC, instance=instance), SYNC)
@@ -99,7 +115,7 @@ def test_related_fields_are_joined_and_a_renamed_company_updates_its_contacts(wa
         assert {k: v[0] for k, v in sent(home, result.run_id).items()} == {k: "Renamed Ltd" for k in renamed}
 
 
-def test_a_relation_that_is_not_many_to_one_fails_naming_it_and_a_key(warehouse, home):
+def test_a_relation_that_is_not_many_to_one_fails_naming_it_and_a_key(warehouse, home, partitioned):
     yaml = YAML.replace("fields: {company: company.name, industry: company.industry, plan: plan}",
                         "fields: {amount: purchase.amount}")
     with project_defs(extra={"related/defs.yaml": yaml}) as defs:

@@ -11,6 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from audience_pipelines.components.load_errors import first_user_error
+from audience_pipelines.components.sources import MembershipSource
+from audience_pipelines.engine import partitions
 from audience_pipelines.demo import create_demo_warehouse
 from audience_pipelines.engine.segments import segment_membership
 from audience_pipelines.resources import AudienceStorage
@@ -82,6 +84,27 @@ def test_an_entity_sync_keeps_each_customers_audiences_current(home):
         assert "high_value_customers" not in after[leaver] and after[leaver] == rows[leaver].replace(
             "high_value_customers", "").replace(";;", ";").strip(";")
         assert {k: v for k, v in after.items() if k != leaver} == {k: v for k, v in rows.items() if k != leaver}
+
+
+def test_an_audience_sync_joins_each_members_audiences_a_partition_at_a_time(home, monkeypatch):
+    # Key-hash partitions of about 8 members: each partition of the members is matched against the same
+    # partition of every audience, and the membership is never read whole.
+    create_demo_warehouse(home / "demo_warehouse.duckdb", rows=2_000)
+    monkeypatch.setattr(partitions, "PARTITION_ROWS", 8)
+
+    def whole(*_):
+        raise AssertionError("the sync read its membership whole")
+
+    monkeypatch.setattr(MembershipSource, "read", whole)
+    yaml = YAML.replace("  entity: customers\n", "  audience: high_value_customers\n")
+    with project_defs(extra={"segments/defs.yaml": yaml}) as defs:
+        result = metadata(run_all(defs, dg.DagsterInstance.ephemeral(), SYNC), SYNC)
+    storage = AudienceStorage()
+    members = pq.read_table(storage.membership_path("high_value_customers"), columns=["key"])["key"].to_pylist()
+    rows = table_rows(home / "segments.duckdb")
+    assert len(members) > 16 * 8 and result["rows_added"] == len(members)
+    assert rows == expected_segments(storage, members)
+    assert {v.count(";") for v in rows.values()} >= {0, 1, 2}  # some in one audience, some in two, some in all
 
 
 def test_an_entity_sync_names_exactly_one_source(home):

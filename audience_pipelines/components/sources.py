@@ -3,7 +3,7 @@ related fields and the derived list of audiences joined on."""
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dagster as dg
@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from audience_pipelines.contract import KEY
 from audience_pipelines.engine.membership import build_membership
-from audience_pipelines.engine.partitions import ClusteredFile
+from audience_pipelines.engine.partitions import ClusteredFile, DerivedSource
 from audience_pipelines.engine.related import Relation, join_related, read_related
 from audience_pipelines.engine.segments import SEGMENTS_COLUMN, segment_membership
 from audience_pipelines.engine.warehouse import query_audience
@@ -38,13 +38,15 @@ class MembershipSource:
     def resource_keys(self) -> list[str]:
         return [self.warehouse_key] if self.query or self.relations else []
 
-    def file(self, storage: AudienceStorage) -> ClusteredFile | None:
-        """The audience's membership file, when the sync sends it as it is: the run then reads it one
-        key-hash partition at a time instead of whole."""
-        if self.query or self.relations or self.segment_audiences:
+    def file(self, context, storage: AudienceStorage) -> ClusteredFile | DerivedSource | None:
+        """The audience's membership file, read one key-hash partition at a time instead of whole, with
+        related fields and segment membership joined onto each partition; None for an entity sync."""
+        if self.query:
             return None
-        path = self._membership_path(storage)
-        return ClusteredFile(path)
+        members = ClusteredFile(self._membership_path(storage))
+        if not (self.relations or self.segment_audiences):
+            return members
+        return DerivedSource(members, self._derive(context, storage))
 
     def _membership_path(self, storage: AudienceStorage):
         path = storage.membership_path(self.audience)
@@ -54,6 +56,7 @@ class MembershipSource:
         return path
 
     def read(self, context, storage: AudienceStorage) -> pa.Table:
+        """The whole membership, with related fields and segment membership joined on."""
         if self.query:
             engine = getattr(context.resources, self.warehouse_key).engine(storage)
             label = f"entity '{self.entity}'"
@@ -64,25 +67,41 @@ class MembershipSource:
                                 if m.set_aside.num_rows else ""))
         else:
             members = pq.read_table(self._membership_path(storage))
+        if not (self.relations or self.segment_audiences):
+            return members
+        return self._derive(context, storage)(members, 0, 0)
+
+    def _derive(self, context, storage: AudienceStorage) -> Callable[[pa.Table, int, int], pa.Table]:
+        """What joins the related fields and segment membership onto members of one key-hash partition
+        (0 of level 0: all of them). Related tables are read from the warehouse once, here."""
+        related = []
         if self.relations:
             engine = getattr(context.resources, self.warehouse_key).engine(storage)
             for relation, columns in self.relations:
-                related = read_related(engine, relation, columns)
-                members = join_related(self.sync, members, relation, related)
+                related.append((relation, read_related(engine, relation, columns)))
                 context.log.info(f"sync '{self.sync}': {', '.join(columns)} joined from {relation.table} "
-                                 f"({related.num_rows:,} rows) through relation '{relation.name}'")
+                                 f"({related[-1][1].num_rows:,} rows) through relation '{relation.name}'")
+        segments, missing = {}, []
+        for name in self.segment_audiences:
+            path = storage.membership_path(name)
+            if path.exists():
+                segments[name] = ClusteredFile(path)
+            else:
+                missing.append(name)
         if self.segment_audiences:
-            started = time.monotonic()
-            held, missing = {}, []
-            for name in self.segment_audiences:
-                path = storage.membership_path(name)
-                if path.exists():
-                    held[name] = pq.read_table(path, columns=[KEY])[KEY]
-                else:
-                    missing.append(name)
-            members = members.append_column(SEGMENTS_COLUMN, segment_membership(members[KEY], held))
-            context.log.info(f"sync '{self.sync}': {SEGMENTS_COLUMN} from {len(held)} audience(s) of entity "
-                             f"'{self.entity}' in {time.monotonic() - started:.2f} s"
-                             + (f"; not materialized yet, so counted as empty: {', '.join(missing)}"
-                                if missing else ""))
-        return members
+            context.log.info(f"sync '{self.sync}': {SEGMENTS_COLUMN} from {len(segments)} audience(s) of entity "
+                             f"'{self.entity}'" + (f"; not materialized yet, so counted as empty: "
+                                                   f"{', '.join(missing)}" if missing else ""))
+
+        def derive(members: pa.Table, partition: int, bits: int) -> pa.Table:
+            for relation, table in related:
+                members = join_related(self.sync, members, relation, table)
+            if self.segment_audiences:
+                # Every audience of the entity is clustered by the same key hash: partition p of each
+                # holds every key partition p of the members can share with it.
+                held = {name: file.read(partition, bits, [KEY])[KEY] if members.num_rows else members[KEY]
+                        for name, file in segments.items()}
+                members = members.append_column(SEGMENTS_COLUMN, segment_membership(members[KEY], held))
+            return members
+
+        return derive

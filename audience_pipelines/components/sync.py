@@ -3,6 +3,7 @@ import warnings
 from typing import Literal
 
 import dagster as dg
+import pyarrow as pa
 from pydantic import PrivateAttr
 
 from audience_pipelines.components.audience import Audience, audience_key
@@ -23,7 +24,6 @@ from audience_pipelines.engine import (
     AudiencePipelinesError, ConfigError, MassRemovalBlocked, RunOptions, SyncResult, SyncSpec, run_sync,
 )
 from audience_pipelines.engine.history import RunRecord
-from audience_pipelines.engine.partitions import ClusteredFile
 from audience_pipelines.engine.preview import Preview, choose_test_members, preview_sync, run_test_sync
 from audience_pipelines.engine.related import split as split_related
 from audience_pipelines.engine.related import wanted
@@ -405,9 +405,9 @@ class AudienceSync(dg.Component, dg.Model, dg.Resolvable):
 
         def _run(context: dg.AssetExecutionContext, storage: AudienceStorage, config: SyncRunConfig,
                  full: bool) -> SyncResult:
-            members = (None if spec.target_column else source.file(storage)) or source.read(context, storage)
+            members = (None if spec.target_column else source.file(context, storage)) or source.read(context, storage)
             store = storage.snapshot_store(spec.name)
-            n = members.rows if isinstance(members, ClusteredFile) else members.num_rows
+            n = members.num_rows if isinstance(members, pa.Table) else members.rows
             context.log.info(f"sync '{spec.name}': {n:,} members, "
                              f"{RUN_KIND_TEXT[planned_run_kind(store, full)]}")
             target = getattr(context.resources, dest_key).open(storage.root)

@@ -13,7 +13,7 @@ import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +226,18 @@ class ClusteredFile:
     def partitions(self, bits: int, columns: list[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
         for p in range(1 << bits):
             yield p, self.read(p, bits, columns)
+
+
+class DerivedSource:
+    """A clustered membership read partition by partition with columns derived from each partition
+    (related fields, segment membership), so memory stays about one partition's whatever the size.
+
+    `derive(rows, partition, bits)` gets the partition's rows (an empty table once, for the schema)."""
+
+    def __init__(self, file: ClusteredFile, derive: Callable[[pa.Table, int, int], pa.Table]):
+        self.file, self._derive, self.rows = file, derive, file.rows
+        self.schema = derive(file.schema.empty_table(), 0, 0).schema
+
+    def read(self, partition: int, bits: int, columns: list[str] | None = None) -> pa.Table:
+        rows = self._derive(self.file.read(partition, bits), partition, bits)
+        return rows.select(columns) if columns is not None else rows

@@ -18,7 +18,7 @@ from audience_pipelines.engine.operations import (
     count_outcome, drop_unreplaced, guard_mass_removal, next_snapshot, operations, platform_match_columns,
     with_record_ids,
 )
-from audience_pipelines.engine.partitions import ClusteredFile, TableSource, partition_bits
+from audience_pipelines.engine.partitions import ClusteredFile, DerivedSource, TableSource, partition_bits
 from audience_pipelines.engine.passes import Partitions, Sender, new_result
 from audience_pipelines.engine.payload import SAMPLE, build_payload
 from audience_pipelines.engine.snapshot import Manifest, SnapshotStore
@@ -28,14 +28,15 @@ from audience_pipelines.engine.withdrawals import StillSent
 
 def run_sync(
     spec: SyncSpec,
-    members: pa.Table | ClusteredFile,
+    members: pa.Table | ClusteredFile | DerivedSource,
     destination: Destination,
     store: SnapshotStore,
     options: RunOptions,
 ) -> SyncResult:
     """Run one sync. Raises MassRemovalBlocked before sending, SyncAborted after a partial commit.
 
-    `members` is the membership as a table, or its Parquet file (read one partition at a time).
+    `members` is the membership as a table, or its Parquet file (read one partition at a time, with
+    derived columns joined on per partition by a DerivedSource).
     The run goes over key-hash partitions twice: first it shapes each partition's payload (staged
     on disk), diffs it and journals what it will send, so the mass-removal guard and the values
     still sent are known for the whole audience before anything leaves; then it sends and writes
@@ -46,7 +47,7 @@ def run_sync(
     started = time.monotonic()
     with store.lock(options.run_id):
         store.clear_staging()
-        source = members if isinstance(members, ClusteredFile) else TableSource(members)
+        source = TableSource(members) if isinstance(members, pa.Table) else members
         shape = build_payload(spec.name, source.schema.empty_table(), destination, spec.identifiers, spec.fields,
                               spec.default_region, spec.region_column, rows=source.rows)
         notes: list[str] = []
