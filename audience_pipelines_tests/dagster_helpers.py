@@ -61,3 +61,16 @@ def demo_in_postgres(url: str, tmp_path: Path, rows: int, prepare=None, tables=(
     for table, data in copies.items():
         data.to_pandas().to_sql(table, engine, index=False)
     return engine
+
+
+def partitioned_without_whole_reads(monkeypatch, partition_rows: int) -> None:
+    """Runs go over key-hash partitions of about `partition_rows` members, and a sync run that reads
+    its membership whole fails."""
+    from audience_pipelines.components.sources import MembershipSource
+    from audience_pipelines.engine import partitions
+
+    def whole(*_):
+        raise AssertionError("the sync read its membership whole")
+
+    monkeypatch.setattr(partitions, "PARTITION_ROWS", partition_rows)
+    monkeypatch.setattr(MembershipSource, "read", whole)

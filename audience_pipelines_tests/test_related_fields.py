@@ -12,9 +12,9 @@ import pytest
 
 from audience_pipelines.demo import create_demo_warehouse
 from audience_pipelines.components.load_errors import first_user_error
-from audience_pipelines.components.sources import MembershipSource
-from audience_pipelines.engine import partitions
-from audience_pipelines_tests.dagster_helpers import demo_in_postgres, materialize, metadata, project_defs
+from audience_pipelines_tests.dagster_helpers import (
+    demo_in_postgres, materialize, metadata, partitioned_without_whole_reads, project_defs,
+)
 
 SYNC = "syncs/accounts_to_files"
 YAML = """
@@ -88,12 +88,7 @@ def partitioned(request, monkeypatch):
     """The related fields are joined a key-hash partition at a time: over 16, the sync never reads the
     membership whole."""
     if request.param == "16 partitions":
-        monkeypatch.setattr(partitions, "PARTITION_ROWS", 40)
-
-        def whole(*_):
-            raise AssertionError("the sync read its membership whole")
-
-        monkeypatch.setattr(MembershipSource, "read", whole)
+        partitioned_without_whole_reads(monkeypatch, 40)
     return request.param
 
 

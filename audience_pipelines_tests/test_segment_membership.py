@@ -11,12 +11,12 @@ import pytest
 import sqlalchemy as sa
 
 from audience_pipelines.components.load_errors import first_user_error
-from audience_pipelines.components.sources import MembershipSource
-from audience_pipelines.engine import partitions
 from audience_pipelines.demo import create_demo_warehouse
 from audience_pipelines.engine.segments import segment_membership
 from audience_pipelines.resources import AudienceStorage
-from audience_pipelines_tests.dagster_helpers import demo_in_postgres, materialize, metadata, project_defs
+from audience_pipelines_tests.dagster_helpers import (
+    demo_in_postgres, materialize, metadata, partitioned_without_whole_reads, project_defs,
+)
 
 SYNC = "syncs/customer_segments"
 AUDIENCES = ["churn_risk", "high_value_customers", "newsletter_subscribers"]
@@ -90,12 +90,7 @@ def test_an_audience_sync_joins_each_members_audiences_a_partition_at_a_time(hom
     # Key-hash partitions of about 8 members: each partition of the members is matched against the same
     # partition of every audience, and the membership is never read whole.
     create_demo_warehouse(home / "demo_warehouse.duckdb", rows=2_000)
-    monkeypatch.setattr(partitions, "PARTITION_ROWS", 8)
-
-    def whole(*_):
-        raise AssertionError("the sync read its membership whole")
-
-    monkeypatch.setattr(MembershipSource, "read", whole)
+    partitioned_without_whole_reads(monkeypatch, 8)
     yaml = YAML.replace("  entity: customers\n", "  audience: high_value_customers\n")
     with project_defs(extra={"segments/defs.yaml": yaml}) as defs:
         result = metadata(run_all(defs, dg.DagsterInstance.ephemeral(), SYNC), SYNC)
