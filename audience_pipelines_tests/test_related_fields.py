@@ -120,6 +120,7 @@ def test_a_relation_that_is_not_many_to_one_fails_naming_it_and_a_key(warehouse,
     failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
     assert "sync 'accounts_to_files': relation 'purchase' (table orders) is not many-to-one" in failure
     assert "e.g. customer_id = 'cus_" in failure and "matches" in failure
+    assert ("members (one key-hash partition of " in failure) == (partitioned == "16 partitions")
     assert not glob.glob(str(home / "exports" / "accounts" / "*" / "*.csv"))  # nothing sent
 
 

@@ -46,7 +46,7 @@ class MembershipSource:
         members = ClusteredFile(self._membership_path(storage))
         if not (self.relations or self.segment_audiences):
             return members
-        return DerivedSource(members, self._derive(context, storage))
+        return DerivedSource(members, self._derive(context, storage, members.rows))
 
     def _membership_path(self, storage: AudienceStorage):
         path = storage.membership_path(self.audience)
@@ -71,9 +71,10 @@ class MembershipSource:
             return members
         return self._derive(context, storage)(members, 0, 0)
 
-    def _derive(self, context, storage: AudienceStorage) -> Callable[[pa.Table, int, int], pa.Table]:
+    def _derive(self, context, storage: AudienceStorage, total: int | None = None
+                ) -> Callable[[pa.Table, int, int], pa.Table]:
         """What joins the related fields and segment membership onto members of one key-hash partition
-        (0 of level 0: all of them). Related tables are read from the warehouse once, here."""
+        (0 of level 0: all of them; `total`: members in all). Related tables are read once, here."""
         related = []
         if self.relations:
             engine = getattr(context.resources, self.warehouse_key).engine(storage)
@@ -95,7 +96,7 @@ class MembershipSource:
 
         def derive(members: pa.Table, partition: int, bits: int) -> pa.Table:
             for relation, table in related:
-                members = join_related(self.sync, members, relation, table)
+                members = join_related(self.sync, members, relation, table, total if bits else None)
             if self.segment_audiences:
                 # Every audience of the entity is clustered by the same key hash: partition p of each
                 # holds every key partition p of the members can share with it.

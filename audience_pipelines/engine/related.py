@@ -50,8 +50,11 @@ def read_related(engine: sa.Engine, relation: Relation, columns: list[str]) -> p
                              f"{relation.table} failed: {str(exc).splitlines()[0][:300]}") from exc
 
 
-def join_related(sync: str, members: pa.Table, relation: Relation, related: pa.Table) -> pa.Table:
-    """The members with the related columns as `<relation>.<column>`; a member with no related row gets nulls."""
+def join_related(sync: str, members: pa.Table, relation: Relation, related: pa.Table,
+                 of_total: int | None = None) -> pa.Table:
+    """The members with the related columns as `<relation>.<column>`; a member with no related row gets nulls.
+
+    `of_total`: the members are one key-hash partition of that many (an error says so)."""
     on, key = members[relation.on], related[relation.key]
     if key.type != on.type:
         key = key.cast(on.type)
@@ -62,9 +65,10 @@ def join_related(sync: str, members: pa.Table, relation: Relation, related: pa.T
     repeated = counts.filter(pc.greater(counts["count_all"], 1))
     if repeated.num_rows:
         sample, n = repeated[relation.key][0].as_py(), repeated["count_all"][0].as_py()
+        scope = f" (one key-hash partition of {of_total:,})" if of_total is not None else ""
         raise SyncInputError(
             f"sync '{sync}': relation '{relation.name}' (table {relation.table}) is not many-to-one: "
-            f"{repeated.num_rows:,} key value(s) the {members.num_rows:,} members refer to match more than one "
+            f"{repeated.num_rows:,} key value(s) the {members.num_rows:,} members{scope} refer to match more than one "
             f"row, e.g. {relation.key} = {sample!r} matches {n} rows. A member must have at most one "
             f"related row; point the relation at a table (or view) with one row per {relation.key}.")
     renamed = referenced.rename_columns([
