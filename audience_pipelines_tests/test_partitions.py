@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +19,8 @@ import sqlalchemy as sa
 
 from audience_pipelines.contract import Target
 from audience_pipelines.engine import RunOptions, SnapshotStore, SyncSpec, run_sync
-from audience_pipelines.engine.partitions import ClusteredFile, partition_bits, partition_of
+from audience_pipelines.engine.hashing import key_hash
+from audience_pipelines.engine.partitions import ClusteredFile, partition_bits, partition_of, write_clustered
 from audience_pipelines_tests.memory_destination import MemoryDestination
 
 SPEC = SyncSpec(name="p", audience="a", destination="mem", target=Target(name="aud"),
@@ -272,3 +274,20 @@ def test_a_job_still_running_holds_the_later_partitions_for_the_next_run(tmp_pat
     assert dest.members(second.destination_audience_id) == {
         r["key"]: {"email": r["email"], "plan": r["plan"]} for r in table.to_pylist()}
     assert store.read_pending() is None and store.read_session() is None and store.manifest().rows == 1000
+
+
+def test_a_clustered_file_reads_what_it_opened_from_any_thread_after_the_path_is_replaced(tmp_path):
+    # Each thread gets its own Parquet reader (one shared reader fails under concurrent reads), but
+    # all of them read the file opened first: a membership re-materialized meanwhile is not mixed in.
+    def members(prefix: str, n: int) -> pa.Table:
+        keys = pa.array([f"{prefix}{i:05d}" for i in range(n)])
+        return pa.table({"key": keys, "key_hash": pa.array(key_hash(keys)), "n": pa.array(np.arange(n))})
+
+    path = write_clustered(members("old", 5_000), tmp_path / "members.parquet", 2)
+    opened = ClusteredFile(path)
+    want = [opened.read(p, 2) for p in range(4)]
+    os.replace(write_clustered(members("new", 7_000), tmp_path / "next.parquet", 2), path)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda p: opened.read(p, 2), [0, 1, 2, 3] * 3))
+    assert [t.to_pylist() for t in got] == [t.to_pylist() for t in want] * 3
+    assert sum(t.num_rows for t in want) == 5_000

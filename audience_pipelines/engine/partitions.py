@@ -132,10 +132,12 @@ class ClusteredFile:
     def __init__(self, path: Path, read_dictionary: list[str] | None = None):
         self.path = Path(path)
         self._read_dictionary = read_dictionary
-        # A reader per thread: one ParquetFile read from two threads at once can fail
+        # One open file (positioned reads are thread-safe; a file replaced at the path later is not
+        # read) and a Parquet reader per thread: one reader used by two threads at once can fail
         # ("ReadRangeCache did not find matching cache entry", seen reading 100M members).
+        self._source = pa.OSFile(str(self.path))
         self._local = threading.local()
-        self._local.reader = pq.ParquetFile(self.path, read_dictionary=read_dictionary)
+        self._local.reader = pq.ParquetFile(self._source, read_dictionary=read_dictionary)
         self._meta = self.file.metadata
         self.rows = self._meta.num_rows
         self.schema = self.file.schema_arrow
@@ -145,7 +147,7 @@ class ClusteredFile:
     def file(self) -> pq.ParquetFile:
         reader = getattr(self._local, "reader", None)
         if reader is None:
-            reader = self._local.reader = pq.ParquetFile(self.path, metadata=self._meta,
+            reader = self._local.reader = pq.ParquetFile(self._source, metadata=self._meta,
                                                          read_dictionary=self._read_dictionary)
         return reader
 
