@@ -128,6 +128,28 @@ def test_string_hash_is_stable_across_chunking_and_lengths():
     assert (dictionary == whole).all()
 
 
+def test_key_and_row_hashes_keep_the_values_snapshots_already_hold():
+    # Snapshots and membership files store these hashes: a change to how they are computed would
+    # resend every member and move members between partitions. The digests are of today's values.
+    import datetime as dt
+    import hashlib
+
+    n = 5_000
+    keys = pa.array([None if i % 501 == 0 else ("é" if i % 5 == 0 else "k") + str(i * 7919) * (i % 9)
+                     + ("x" * 300 if i % 97 == 0 else "") for i in range(n)])  # long ones: the ragged path
+    columns = [pa.array([f"user{i}@example.com" if i % 13 else None for i in range(n)]),
+               pa.array([["free", "pro", None][i % 3] for i in range(n)]).dictionary_encode(),
+               pa.array([float(i) * 1.5 if i % 7 else (None if i % 2 else -0.0) for i in range(n)]),
+               pa.array([i if i % 11 else None for i in range(n)], pa.int64()),
+               pa.array([dt.date(2020, 1, 1) + dt.timedelta(days=i % 900) for i in range(n)])]
+
+    def digest(hashes: np.ndarray) -> str:
+        return hashlib.sha256(hashes.astype("<u8").tobytes()).hexdigest()[:32]
+
+    assert digest(key_hash(keys)) == "c4160878e064f1ab72277ead06815bcb"
+    assert digest(row_hash(columns, keys)) == "2910a5496fcd88e18b235ec084f6b02c"
+
+
 def test_diff_classifies_and_survives_key_hash_collisions():
     new = pa.table({"key": ["a", "b", "c"], "v": [1, 2, 30]})
     old = pa.table({"key": ["b", "c", "d"], "v": [2, 3, 4]})
